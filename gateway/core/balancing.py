@@ -1,0 +1,116 @@
+"""Load-balancing policies: each picks one server among the candidates.
+
+A policy sees only the servers it may use (the pool has already left out the
+ones that are down, draining or already tried for this request) and returns
+one of them.  Policies keep their own bookkeeping, keyed by server address,
+so they can be swapped without touching the servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Protocol, Sequence
+
+
+class Candidate(Protocol):
+    """What a policy needs to know of a server."""
+
+    address: str
+    weight: int
+    active: int
+
+
+class Balancer(Protocol):
+    def choose(self, candidates: Sequence[Candidate], key: str) -> Candidate:
+        """Pick one of *candidates* (never empty); *key* identifies the client."""
+
+
+class SmoothWeightedRoundRobin:
+    """nginx's smooth weighted round robin.
+
+    Every pick adds each candidate's weight to its running score, takes the
+    highest score and subtracts the total weight from it.  Over a cycle of
+    ``sum(weights)`` picks each server is chosen exactly ``weight`` times, and
+    the picks are spread out: weights 3:1 give a a b a, never a run of the
+    light server.
+    """
+
+    def __init__(self) -> None:
+        self._scores: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[Candidate], key: str = "") -> Candidate:
+        if len(candidates) == 1:
+            return candidates[0]
+        scores = self._scores
+        best: Candidate | None = None
+        best_score = 0
+        total = 0
+        for server in candidates:
+            score = scores.get(server.address, 0) + server.weight
+            scores[server.address] = score
+            total += server.weight
+            if best is None or score > best_score:
+                best, best_score = server, score
+        assert best is not None
+        scores[best.address] = best_score - total
+        return best
+
+    def forget(self, address: str) -> None:
+        """Drop the score of a server that left the pool."""
+        self._scores.pop(address, None)
+
+
+class LeastConnections:
+    """Fewest active requests relative to weight; ties share by weighted round robin."""
+
+    def __init__(self) -> None:
+        self._tie_breaker = SmoothWeightedRoundRobin()
+
+    def choose(self, candidates: Sequence[Candidate], key: str = "") -> Candidate:
+        tied: list[Candidate] = []
+        for server in candidates:
+            if not tied:
+                tied.append(server)
+                continue
+            leader = tied[0]
+            # active/weight compared without division: a.active * b.weight vs b.active * a.weight
+            lhs, rhs = server.active * leader.weight, leader.active * server.weight
+            if lhs < rhs:
+                tied = [server]
+            elif lhs == rhs:
+                tied.append(server)
+        return self._tie_breaker.choose(tied)
+
+    def forget(self, address: str) -> None:
+        self._tie_breaker.forget(address)
+
+
+class IpHash:
+    """The same client address goes to the same server while that server is available.
+
+    Weighted rendezvous (highest random weight) hashing: each (client, server)
+    pair gets a pseudo-random score scaled by the server's weight, and the
+    best score wins.  Adding or removing a server moves only the clients that
+    belong to it, unlike ``hash % len(servers)``.
+    """
+
+    def choose(self, candidates: Sequence[Candidate], key: str = "") -> Candidate:
+        if len(candidates) == 1:
+            return candidates[0]
+        return max(candidates, key=lambda server: _rendezvous_score(key, server))
+
+    def forget(self, address: str) -> None:
+        pass
+
+
+def _rendezvous_score(key: str, server: Candidate) -> float:
+    digest = hashlib.blake2b(f"{key}|{server.address}".encode(), digest_size=8).digest()
+    unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # strictly between 0 and 1
+    return -server.weight / math.log(unit)
+
+
+def make_balancer(policy: str) -> SmoothWeightedRoundRobin | LeastConnections | IpHash:
+    """The balancer for a ``balance:`` value (already validated by the config)."""
+    return {"round_robin": SmoothWeightedRoundRobin, "least_conn": LeastConnections,
+            "ip_hash": IpHash}[policy]()

@@ -1,0 +1,312 @@
+"""The configuration model: a YAML file in, frozen dataclasses out.
+
+Every default and every validation rule of the YAML schema lives here, so
+that the rest of the gateway can trust the values it is handed.  A mistake in
+the file becomes one :class:`ConfigError` whose message names the file, the
+key path, the line (when the YAML library knows it) and what was expected;
+nothing here raises anything else for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import yaml
+
+BALANCE_POLICIES = ("round_robin", "least_conn", "ip_hash")
+
+Path = tuple[Any, ...]
+
+
+class ConfigError(Exception):
+    """A user's mistake in the configuration file, with a readable message."""
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    port: int
+    interface: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        """The ``host:port`` form used in the YAML, the logs and the admin API."""
+        return format_address(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    servers: tuple[ServerConfig, ...]
+    balance: str = "round_robin"
+    #: Seconds an idle pooled backend connection is kept.  Below Gunicorn's
+    #: default keep-alive (2 s) so that the gateway, not the backend, closes it.
+    keepalive_timeout: float = 1.5
+    #: Idle connections kept per backend server.
+    keepalive_connections: int = 32
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    path: str
+    upstream: str
+    host: str | None = None
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: str
+    listeners: tuple[ListenerConfig, ...]
+    upstreams: Mapping[str, UpstreamConfig]
+    routes: tuple[RouteConfig, ...]
+    processes: tuple[ProcessConfig, ...] = ()
+    access_log: str | None = "-"
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (or ``[v6]:port``); raise ValueError when malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError("an IPv6 address must be written in brackets, like [::1]:8000")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return host, port
+
+
+def load_config(path: str) -> GatewayConfig:
+    """Read and validate the YAML file at *path*."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration file: {error.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    """Validate the YAML document *text*; *source* names it in error messages."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
+    lines: dict[Path, int] = {}
+    if node is not None:
+        _record_lines(node, (), lines)
+    return _Validator(source, lines).gateway(data)
+
+
+def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                _record_lines(value_node, path + (key_node.value,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, path + (index,), lines)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+class _Validator:
+    """Walks the parsed YAML, keeping the key path for error messages."""
+
+    def __init__(self, source: str, lines: Mapping[Path, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: Path, expected: str) -> ConfigError:
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        line = self.lines.get(path)
+        where = f" (line {line})" if line else ""
+        return ConfigError(f"{self.source}: {key or 'top level'}{where}: {expected}")
+
+    def mapping(self, value: Any, path: Path, allowed: tuple[str, ...],
+                required: tuple[str, ...] = ()) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping, got {_type_name(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(path + (key,), f"unknown key; expected one of: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                raise self.fail(path, f"missing required key '{key}'")
+        return value
+
+    def typed(self, value: Any, path: Path, kind: type, what: str) -> Any:
+        # bool is a subclass of int: "port: yes" is a mistake, not port 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(path, f"expected {what}, got {_type_name(value)} {value!r}")
+        return value
+
+    def integer(self, value: Any, path: Path, low: int, high: int | None = None) -> int:
+        what = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        number = self.typed(value, path, int, what)
+        if number < low or (high is not None and number > high):
+            raise self.fail(path, f"expected {what}, got {number}")
+        return number
+
+    def number(self, value: Any, path: Path, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.fail(path, f"expected {what}, got {_type_name(value)} {value!r}")
+        return float(value)
+
+    def each(self, value: Any, path: Path, item: Callable[[Any, Path], Any]) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_type_name(value)}")
+        return tuple(item(element, path + (index,)) for index, element in enumerate(value))
+
+    # -- the schema ---------------------------------------------------------
+
+    def gateway(self, data: Any) -> GatewayConfig:
+        top = self.mapping(data, (), ("listeners", "upstreams", "routes", "processes", "access_log"),
+                           required=("listeners", "upstreams", "routes"))
+        listeners = self.each(top["listeners"], ("listeners",), self.listener)
+        if not listeners:
+            raise self.fail(("listeners",), "expected at least one listener")
+        self.unique([(listener.name, ("listeners", i, "name")) for i, listener in enumerate(listeners)],
+                    "listener name")
+        self.unique([((listener.interface, listener.port), ("listeners", i, "port"))
+                     for i, listener in enumerate(listeners) if listener.port != 0],
+                    "interface and port")
+        upstreams_data = self.mapping(top["upstreams"], ("upstreams",), tuple(
+            top["upstreams"]) if isinstance(top["upstreams"], dict) else ())
+        upstreams = {self.name(name, ("upstreams", name)): self.upstream(name, value, ("upstreams", name))
+                     for name, value in upstreams_data.items()}
+        routes = self.each(top["routes"], ("routes",), lambda v, p: self.route(v, p, upstreams))
+        processes_data = top.get("processes") or {}
+        processes_data = self.mapping(processes_data, ("processes",),
+                                      tuple(processes_data) if isinstance(processes_data, dict) else ())
+        processes = tuple(self.process(name, value, ("processes", name))
+                          for name, value in processes_data.items())
+        access_log = top.get("access_log", "-")
+        if access_log is not None:
+            self.typed(access_log, ("access_log",), str, '"-" for standard output, a file path, or null')
+        return GatewayConfig(source=self.source, listeners=listeners, upstreams=upstreams,
+                             routes=routes, processes=processes, access_log=access_log)
+
+    def unique(self, items: list[tuple[Any, Path]], what: str) -> None:
+        seen: set[Any] = set()
+        for value, path in items:
+            if value in seen:
+                shown = value if isinstance(value, str) else ":".join(map(str, value))
+                raise self.fail(path, f"duplicate {what} {shown}")
+            seen.add(value)
+
+    def name(self, value: Any, path: Path) -> str:
+        text = self.typed(value, path, str, "a name")
+        if not text or any(c.isspace() or c == "/" for c in text):
+            raise self.fail(path, f"expected a name without spaces or '/', got {text!r}")
+        return text
+
+    def listener(self, value: Any, path: Path) -> ListenerConfig:
+        data = self.mapping(value, path, ("name", "port", "interface"), required=("port",))
+        port = self.integer(data["port"], path + ("port",), 0, 65535)
+        interface = self.typed(data.get("interface", "0.0.0.0"), path + ("interface",), str,
+                               "an IP address such as 127.0.0.1")
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            raise self.fail(path + ("interface",),
+                            f"expected an IP address such as 127.0.0.1 or ::, got {interface!r}") from None
+        name = self.name(data.get("name", f"listener-{path[-1]}"), path + ("name",))
+        return ListenerConfig(name=name, port=port, interface=interface)
+
+    def upstream(self, name: str, value: Any, path: Path) -> UpstreamConfig:
+        data = self.mapping(value, path, ("balance", "servers", "keepalive_timeout",
+                                          "keepalive_connections"), required=("servers",))
+        balance = self.typed(data.get("balance", "round_robin"), path + ("balance",), str,
+                             "one of " + ", ".join(BALANCE_POLICIES))
+        if balance not in BALANCE_POLICIES:
+            raise self.fail(path + ("balance",),
+                            f"expected one of {', '.join(BALANCE_POLICIES)}, got {balance!r}")
+        servers = self.each(data["servers"], path + ("servers",), self.server)
+        self.unique([(server.address, path + ("servers", i, "address"))
+                     for i, server in enumerate(servers)], "server")
+        keepalive_timeout = self.number(data.get("keepalive_timeout", 1.5), path + ("keepalive_timeout",),
+                                        "a number of seconds > 0")
+        keepalive_connections = self.integer(data.get("keepalive_connections", 32),
+                                             path + ("keepalive_connections",), 0)
+        return UpstreamConfig(name=name, servers=servers, balance=balance,
+                              keepalive_timeout=keepalive_timeout,
+                              keepalive_connections=keepalive_connections)
+
+    def server(self, value: Any, path: Path) -> ServerConfig:
+        data = self.mapping(value, path, ("address", "weight"), required=("address",))
+        address = self.typed(data["address"], path + ("address",), str, 'an address like "127.0.0.1:8001"')
+        try:
+            host, port = parse_address(address)
+        except ValueError as error:
+            raise self.fail(path + ("address",),
+                            f'expected an address like "127.0.0.1:8001" ({error}), got {address!r}') from None
+        weight = self.integer(data.get("weight", 1), path + ("weight",), 1)
+        return ServerConfig(host=host, port=port, weight=weight)
+
+    def route(self, value: Any, path: Path, upstreams: Mapping[str, UpstreamConfig]) -> RouteConfig:
+        data = self.mapping(value, path, ("path", "upstream", "host", "strip_prefix"),
+                            required=("path", "upstream"))
+        prefix = self.typed(data["path"], path + ("path",), str, "a path starting with /")
+        if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "?" in prefix:
+            raise self.fail(path + ("path",), f"expected a path starting with / (no spaces or '?'), got {prefix!r}")
+        upstream = self.typed(data["upstream"], path + ("upstream",), str, "an upstream name")
+        if upstream not in upstreams:
+            known = ", ".join(upstreams) or "none defined"
+            raise self.fail(path + ("upstream",),
+                            f"unknown upstream {upstream!r}; expected one of the names under 'upstreams' ({known})")
+        host = data.get("host")
+        if host is not None:
+            host = self.typed(host, path + ("host",), str, "a host name").lower()
+        strip_prefix = self.typed(data.get("strip_prefix", False), path + ("strip_prefix",), bool,
+                                  "true or false")
+        return RouteConfig(path=prefix, upstream=upstream, host=host, strip_prefix=strip_prefix)
+
+    def process(self, name: Any, value: Any, path: Path) -> ProcessConfig:
+        self.name(name, path)
+        command = self.typed(value, path, str, "a command line")
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as error:
+            raise self.fail(path, f"expected a command line ({error})") from None
+        if not argv:
+            raise self.fail(path, "expected a command line, got an empty string")
+        return ProcessConfig(name=name, argv=argv)

@@ -1,0 +1,67 @@
+"""Header rules for the messages the gateway forwards (RFC 9110 section 7.6).
+
+Headers travel as lists of ``(name, value)`` byte pairs in their original
+case; these functions compare names in lower case.  The gateway writes the
+framing headers (Content-Length / Transfer-Encoding) itself, so they are
+dropped here along with the hop-by-hop ones.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Headers that describe one connection, never forwarded (plus those named in Connection).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+
+#: Headers the gateway sets itself on requests towards a backend.
+_REQUEST_REPLACED = HOP_BY_HOP | {
+    b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+}
+_RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length"}
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The lower-case options listed in every Connection header."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    tokens.discard(b"")
+    return frozenset(tokens)
+
+
+def _end_to_end(headers: Headers, replaced: frozenset[bytes]) -> Headers:
+    listed = connection_tokens(headers)
+    drop = replaced | listed if listed else replaced
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host: bytes | None) -> Headers:
+    """The headers a backend receives: end-to-end ones plus X-Forwarded-*.
+
+    Host is kept as the client sent it.  X-Forwarded-For gets the client's
+    address appended (nginx's ``$proxy_add_x_forwarded_for``); X-Forwarded-Proto
+    and X-Forwarded-Host are set by the gateway, never taken from the client.
+    """
+    forwarded_for = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
+    result = _end_to_end(headers, _REQUEST_REPLACED)
+    forwarded_for.append(client_ip.encode("ascii"))
+    result.append((b"X-Forwarded-For", b", ".join(forwarded_for)))
+    result.append((b"X-Forwarded-Proto", scheme.encode("ascii")))
+    if host is not None:
+        result.append((b"X-Forwarded-Host", host))
+    return result
+
+
+def downstream_response_headers(headers: Headers) -> Headers:
+    """The end-to-end headers of a backend's response, without its framing."""
+    return _end_to_end(headers, _RESPONSE_REPLACED)
+
+
+def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)

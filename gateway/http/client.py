@@ -1,0 +1,187 @@
+"""The backend-facing side: one keep-alive HTTP/1.1 connection to a server.
+
+:class:`HTTP11ClientProtocol` writes a request head and body that the
+gateway frames itself, parses the response with llhttp (httptools) and hands
+it, piece by piece, to the :class:`ResponseHandler` using the connection.
+Between requests the connection sits idle in :mod:`gateway.http.connections`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from gateway.core.headers import Headers
+from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, UNTIL_CLOSE
+from gateway.http.flow import ReadGate
+
+
+class ResponseHandler(TypingProtocol):
+    """What a connection reports to the exchange that is using it."""
+
+    def response_head(self, status: int, reason: bytes, headers: Headers, body: int,
+                      content_length: int | None) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_finished(self, connection: HTTP11ClientProtocol, reusable: bool) -> None: ...
+
+    def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None: ...
+
+
+def response_framing(status: int, headers: Headers, head_request: bool) -> tuple[int, int | None]:
+    """How the body of a response with these headers is delimited (RFC 9112 section 6.3)."""
+    content_length: int | None = None
+    chunked = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            content_length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    if head_request or status in (204, 304) or status < 200:
+        return NO_BODY, content_length
+    if chunked:
+        return CHUNKED, None
+    if content_length is not None:
+        return FIXED_LENGTH, content_length
+    return UNTIL_CLOSE, None
+
+
+class HTTP11ClientProtocol(Protocol):
+    """One connection to a backend server, reused for request after request."""
+
+    def __init__(self) -> None:
+        self.handler: ResponseHandler | None = None
+        self.gate: ReadGate | None = None
+        self.connected_handler = None  # set by the connection pool while connecting
+        self.on_idle_lost = None  # set by the connection pool while the connection is idle
+        self.idle_timer = None
+        self.requests_sent = 0
+        self.response_started = False
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head_request = False
+        self._head_done = False
+        self._chunked_body = False
+        self._reason = b""
+        self._headers: Headers = []
+        self._body_framing = NO_BODY
+
+    # -- Twisted ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.gate = ReadGate(self.transport)
+        ready, self.connected_handler = self.connected_handler, None
+        if ready is not None:
+            ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.handler is None:
+            # A backend may not speak before it is asked; an idle connection that
+            # does so is out of step with us and cannot be reused.
+            self.transport.abortConnection()
+            return
+        self.response_started = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(f"invalid response from backend: {error}")
+            return
+        if self.handler is not None and self._body_framing == NO_BODY and self._head_done:
+            # llhttp cannot be told that a response to HEAD has no body, so the
+            # message is finished here and the parser replaced.
+            self._finish(self._parser.should_keep_alive())
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            if self._body_framing == UNTIL_CLOSE and self._head_done:
+                handler.response_finished(self, False)
+            else:
+                handler.upstream_lost(self, reason)
+        elif self.on_idle_lost is not None:
+            self.on_idle_lost(self)
+
+    # -- used by the exchange --------------------------------------------------
+
+    def send_request(self, handler: ResponseHandler, head: bytes, head_request: bool, chunked_body: bool) -> None:
+        """Write a request head; the body (if any) follows through :meth:`write_body`."""
+        self.handler = handler
+        self.response_started = False
+        self.requests_sent += 1
+        self._head_request = head_request
+        self._chunked_body = chunked_body
+        self._head_done = False
+        self._body_framing = NO_BODY
+        self._reason = b""
+        self._headers = []
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport.write(head)
+
+    def write_body(self, data: bytes) -> None:
+        if self._chunked_body:
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        if self._chunked_body:
+            self.transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """Drop the connection without telling the handler (it is going away)."""
+        self.handler = None
+        self.transport.abortConnection()
+
+    # -- httptools callbacks ------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            return  # interim responses (100 Continue, 103) are not relayed
+        try:
+            framing, content_length = response_framing(status, self._headers, self._head_request)
+        except ValueError:
+            raise httptools.HttpParserError("invalid Content-Length") from None
+        self._body_framing = framing
+        self._head_done = True
+        self.handler.response_head(status, self._reason, self._headers, framing, content_length)
+
+    def on_body(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._head_done and self._body_framing != NO_BODY:
+            self._finish(self._parser.should_keep_alive())
+
+    # -- internals ------------------------------------------------------------
+
+    def _finish(self, keep_alive: bool) -> None:
+        handler, self.handler = self.handler, None
+        self._head_done = False
+        if handler is not None:
+            handler.response_finished(self, keep_alive)
+
+    def _fail(self, reason: str) -> None:
+        handler, self.handler = self.handler, None
+        self.transport.abortConnection()
+        if handler is not None:
+            handler.upstream_lost(self, reason)

@@ -1,0 +1,97 @@
+"""Idle keep-alive connections to the servers of one upstream, reused across requests.
+
+Connections are kept per server address, most recently used first, at most
+``keepalive_connections`` of them, each for ``keepalive_timeout`` seconds: a
+limit below the backend's own keep-alive (Gunicorn's is 2 s) so that it is the
+gateway that closes an idle connection, not the backend racing a new request.
+A connection that the backend closes while idle leaves the pool at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory
+from twisted.python.failure import Failure
+
+from gateway.core.pool import ServerState
+from gateway.http.client import HTTP11ClientProtocol
+
+ReadyCallback = Callable[[HTTP11ClientProtocol, bool], None]
+FailedCallback = Callable[[Failure], None]
+
+
+class _ConnectAttempt(ClientFactory):
+    """Builds the protocol for one new connection and reports how it went."""
+
+    noisy = False
+
+    def __init__(self, ready: ReadyCallback, failed: FailedCallback) -> None:
+        self._ready = ready
+        self._failed = failed
+
+    def buildProtocol(self, addr) -> HTTP11ClientProtocol:
+        connection = HTTP11ClientProtocol()
+        connection.connected_handler = lambda conn: self._ready(conn, False)
+        return connection
+
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        self._failed(reason)
+
+
+class UpstreamConnections:
+    """The connection pool of one upstream."""
+
+    def __init__(self, reactor: IReactorTCP | IReactorTime, keepalive_timeout: float,
+                 keepalive_connections: int, connect_timeout: float = 5.0) -> None:
+        self._reactor = reactor
+        self.keepalive_timeout = keepalive_timeout
+        self.keepalive_connections = keepalive_connections
+        self.connect_timeout = connect_timeout
+        self._idle: dict[str, list[HTTP11ClientProtocol]] = {}
+
+    def acquire(self, server: ServerState, ready: ReadyCallback, failed: FailedCallback) -> None:
+        """Call ``ready(connection, reused)`` with a connection to *server*, or ``failed(reason)``.
+
+        An idle connection is handed over at once; otherwise a new one is opened.
+        """
+        idle = self._idle.get(server.address)
+        while idle:
+            connection = idle.pop()
+            connection.on_idle_lost = None
+            if connection.idle_timer is not None:
+                connection.idle_timer.cancel()
+                connection.idle_timer = None
+            if connection.connected:
+                ready(connection, True)
+                return
+        self._reactor.connectTCP(server.host, server.port, _ConnectAttempt(ready, failed),
+                                 timeout=self.connect_timeout)
+
+    def release(self, server: ServerState, connection: HTTP11ClientProtocol) -> None:
+        """Keep a connection whose last response was read completely, for the next request."""
+        idle = self._idle.setdefault(server.address, [])
+        if len(idle) >= self.keepalive_connections or not connection.connected:
+            connection.transport.loseConnection()
+            return
+        connection.gate.clear()  # keep reading, so that a close by the backend is noticed
+        connection.on_idle_lost = lambda conn: self._forget(server.address, conn)
+        connection.idle_timer = self._reactor.callLater(self.keepalive_timeout, connection.transport.loseConnection)
+        idle.append(connection)
+
+    def close_idle(self) -> None:
+        """Close every idle connection (on shutdown, or when servers change)."""
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.on_idle_lost = None
+                connection.transport.loseConnection()
+        self._idle.clear()
+
+    def idle_count(self, address: str) -> int:
+        return len(self._idle.get(address, ()))
+
+    def _forget(self, address: str, connection: HTTP11ClientProtocol) -> None:
+        idle = self._idle.get(address)
+        if idle and connection in idle:
+            idle.remove(connection)

@@ -1,0 +1,54 @@
+"""Flow control between the client connection and the backend connection.
+
+Twisted transports pause and resume their producer as their write buffer
+fills and drains.  A connection's reading can be paused for more than one
+reason at once (the other side's buffer is full, a pipelined request is
+waiting its turn), so :class:`ReadGate` counts the reasons and only resumes
+reading when none is left.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer, ITransport
+from zope.interface import implementer
+
+#: The reason a peer's full write buffer gives (via pauseProducing).
+BACKPRESSURE = "backpressure"
+
+
+@implementer(IPushProducer)
+class ReadGate:
+    """Pauses and resumes reading from one transport, for named reasons."""
+
+    __slots__ = ("_transport", "_reasons")
+
+    def __init__(self, transport: ITransport) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    def clear(self) -> None:
+        """Resume reading whatever the reasons were."""
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
+    # IPushProducer, for the transport on the other side to throttle us.
+    def pauseProducing(self) -> None:
+        self.pause(BACKPRESSURE)
+
+    def resumeProducing(self) -> None:
+        self.resume(BACKPRESSURE)
+
+    def stopProducing(self) -> None:
+        """The consumer went away: the exchange that owns both sides handles that."""

@@ -1,0 +1,340 @@
+"""One request's trip through the gateway: route, balance, forward, relay.
+
+A :class:`ProxyExchange` takes a :class:`RequestHead` and the request body as
+it arrives from the client side, picks a server, borrows a pooled connection
+and streams both directions with backpressure.  A :class:`LocalResponse`
+answers from the gateway itself (404, 400, 502, 503...).  The client-side
+protocol drives either through the same small interface, one at a time, in
+the order the requests arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.core.accesslog import AccessRecord
+from gateway.core.headers import Headers, downstream_response_headers, serialize_headers, upstream_request_headers
+from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead
+from gateway.core.pool import ServerState, UpstreamPool
+from gateway.core.routing import RouteTable, strip_route_prefix
+from gateway.http.client import HTTP11ClientProtocol
+from gateway.http.connections import UpstreamConnections
+from gateway.http.flow import BACKPRESSURE, ReadGate
+
+log = Logger(namespace="gateway.proxy")
+
+#: Request body kept for a replay on a fresh connection when a reused one turns out stale.
+REPLAY_LIMIT = 64 * 1024
+#: Request body buffered while the backend connection is being opened.
+CONNECT_BUFFER_LIMIT = 64 * 1024
+#: Methods that may be sent again after a connection failed before any response byte.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class ResponseSink(TypingProtocol):
+    """The client side as an exchange sees it (implemented by the HTTP/1.1 server protocol)."""
+
+    read_gate: ReadGate
+
+    def send_head(self, head: RequestHead, status: int, reason: bytes, headers: Headers, body: int,
+                  content_length: int | None) -> None: ...
+
+    def send_body(self, data: bytes) -> None: ...
+
+    def finish_response(self, close: bool = False) -> None: ...
+
+    def abort_response(self) -> None: ...
+
+    def register_producer(self, producer: ReadGate) -> None: ...
+
+    def unregister_producer(self) -> None: ...
+
+
+@dataclass
+class Upstream:
+    """One upstream at run time: its live servers and its connection pool."""
+
+    pool: UpstreamPool
+    connections: UpstreamConnections
+
+
+@dataclass
+class ProxyContext:
+    """Everything the request path needs, built once by the service."""
+
+    reactor: IReactorTCP | IReactorTime
+    routes: RouteTable
+    upstreams: Mapping[str, Upstream]
+    access_log: Callable[[AccessRecord, float], None] | None
+
+
+class LocalResponse:
+    """A short text/plain answer from the gateway itself."""
+
+    def __init__(self, sink: ResponseSink, head: RequestHead | None, record: AccessRecord,
+                 context: ProxyContext, status: int, reason: bytes, text: str, close: bool = False) -> None:
+        self._sink = sink
+        self.head = head
+        self._record = record
+        self._context = context
+        self._status = status
+        self._reason = reason
+        self._body = text.encode() + b"\n"
+        self._close = close
+
+    def start(self) -> None:
+        respond_locally(self._sink, self.head, self._status, self._reason, self._body, self._close)
+        self._record.status = self._status
+        self._record.body_bytes = len(self._body)
+        write_access_log(self._context, self._record)
+
+    def body_received(self, data: bytes) -> None:
+        """The request body of a refused request is read and dropped, keeping the connection usable."""
+
+    def body_finished(self) -> None:
+        pass
+
+    def downstream_lost(self) -> None:
+        pass
+
+
+def respond_locally(sink: ResponseSink, head: RequestHead | None, status: int, reason: bytes, body: bytes,
+                    close: bool) -> None:
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+    if head is None or head.method != b"HEAD":
+        sink.send_head(head, status, reason, headers, FIXED_LENGTH, len(body))
+        sink.send_body(body)
+    else:
+        sink.send_head(head, status, reason, headers, NO_BODY, len(body))
+    sink.finish_response(close=close)
+
+
+def write_access_log(context: ProxyContext, record: AccessRecord) -> None:
+    if context.access_log is not None:
+        context.access_log(record, context.reactor.seconds())
+
+
+class ProxyExchange:
+    """Forwards one request to a server of *upstream* and relays the response."""
+
+    def __init__(self, context: ProxyContext, sink: ResponseSink, head: RequestHead, upstream: Upstream,
+                 target: bytes, record: AccessRecord) -> None:
+        self._context = context
+        self._sink = sink
+        self.head = head
+        self._upstream = upstream
+        self._target = target
+        self._record = record
+        self._tried: list[ServerState] = []
+        self._server: ServerState | None = None
+        self._connection: HTTP11ClientProtocol | None = None
+        self._pending_body: list[bytes] = []  # body received before a connection was ready
+        self._pending_size = 0
+        self._replay: list[bytes] | None = [] if head.body != NO_BODY else None
+        self._replay_size = 0
+        self._body_done = head.body == NO_BODY
+        self._responding = False
+        self._reused = False
+        self._finished = False
+        self._upstream_started = 0.0
+
+    # -- driven by the client side -------------------------------------------------
+
+    def start(self) -> None:
+        self._try_next_server()
+
+    def body_received(self, data: bytes) -> None:
+        if self._finished:
+            return
+        if self._replay is not None:
+            self._replay_size += len(data)
+            if self._replay_size <= REPLAY_LIMIT:
+                self._replay.append(data)
+            else:
+                self._replay = None
+        if self._connection is not None:
+            self._connection.write_body(data)
+        else:
+            self._pending_body.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > CONNECT_BUFFER_LIMIT:
+                self._sink.read_gate.pause("connecting")
+
+    def body_finished(self) -> None:
+        self._body_done = True
+        if self._connection is not None and not self._finished:
+            self._connection.end_body()
+            self._connection.transport.unregisterProducer()
+
+    def downstream_lost(self) -> None:
+        """The client went away: drop the backend connection, it cannot be reused mid-message."""
+        if self._finished:
+            return
+        self._finished = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+        if self._server is not None:
+            self._upstream.pool.request_finished(self._server)
+        self._record.status = self._record.status or 499  # nginx's "client closed request"
+        write_access_log(self._context, self._record)
+
+    # -- server selection ----------------------------------------------------------
+
+    def _try_next_server(self, same_server: bool = False) -> None:
+        pool = self._upstream.pool
+        if not same_server:
+            server = pool.choose(self.head.client_ip, self._tried)
+            if server is None:
+                if not self._tried:
+                    self._respond_error(503, b"Service Unavailable", "no server available for this request")
+                else:
+                    self._respond_error(502, b"Bad Gateway", "no backend server could take the request")
+                return
+            self._server = server
+            self._tried.append(server)
+            pool.request_started(server)
+        self._upstream_started = self._context.reactor.seconds()
+        self._upstream.connections.acquire(self._server, self._connection_ready, self._connection_failed)
+
+    def _connection_failed(self, reason: Failure) -> None:
+        if self._finished:
+            return
+        server = self._server
+        log.warn("cannot connect to {server} of upstream {upstream}: {error}", server=server.address,
+                 upstream=self._upstream.pool.name, error=reason.getErrorMessage())
+        self._upstream.pool.connect_failed(server)
+        self._upstream.pool.request_finished(server)
+        self._try_next_server()
+
+    def _connection_ready(self, connection: HTTP11ClientProtocol, reused: bool) -> None:
+        if self._finished:
+            if reused:
+                self._upstream.connections.release(self._server, connection)
+            else:
+                connection.transport.loseConnection()
+            return
+        self._connection = connection
+        self._reused = reused
+        head = self.head
+        headers = upstream_request_headers(head.headers, head.client_ip, head.scheme, head.host)
+        if head.body == CHUNKED:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif head.body != NO_BODY:
+            headers.append((b"Content-Length", b"%d" % head.content_length))
+        request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
+        connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED)
+        pending, self._pending_body = self._pending_body, []
+        self._pending_size = 0
+        for chunk in pending:
+            connection.write_body(chunk)
+        if self._body_done:
+            if head.body != NO_BODY:
+                connection.end_body()
+        else:
+            connection.transport.registerProducer(self._sink.read_gate, True)
+            self._sink.read_gate.resume("connecting")
+
+    # -- driven by the backend connection -----------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: Headers, body: int,
+                      content_length: int | None) -> None:
+        self._responding = True
+        self._replay = None
+        self._record.status = status
+        self._record.upstream = self._server.address
+        self._sink.send_head(self.head, status, reason, downstream_response_headers(headers), body, content_length)
+        self._sink.register_producer(self._connection.gate)
+
+    def response_body(self, data: bytes) -> None:
+        self._record.body_bytes += len(data)
+        self._sink.send_body(data)
+
+    def response_finished(self, connection: HTTP11ClientProtocol, reusable: bool) -> None:
+        self._finished = True
+        self._connection = None
+        server = self._server
+        self._upstream.pool.request_finished(server)
+        self._sink.unregister_producer()
+        if not self._body_done:
+            # The backend answered before reading the whole request: the connection
+            # is out of step, and the client side stops sending into it.
+            connection.transport.unregisterProducer()
+            self._sink.read_gate.resume("connecting")
+            reusable = False
+        if reusable:
+            self._upstream.connections.release(server, connection)
+        else:
+            connection.transport.loseConnection()
+        now = self._context.reactor.seconds()
+        self._record.upstream_time = now - self._upstream_started
+        self._sink.finish_response()
+        write_access_log(self._context, self._record)
+
+    def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
+        if self._finished:
+            return
+        self._connection = None
+        self._sink.read_gate.resume(BACKPRESSURE)
+        server = self._server
+        error = reason if isinstance(reason, str) else reason.getErrorMessage()
+        if self._responding:
+            # Part of the response went out: it cannot be completed honestly.
+            log.warn("backend {server} closed the connection mid-response: {error}", server=server.address,
+                     error=error)
+            self._finished = True
+            self._upstream.pool.request_finished(server)
+            self._sink.unregister_producer()
+            self._sink.abort_response()
+            write_access_log(self._context, self._record)
+            return
+        if self._reused and self._can_replay():
+            # A pooled connection that the backend had closed: try again on a fresh one.
+            self._rewind_body()
+            self._try_next_server(same_server=True)
+            return
+        log.warn("backend {server} failed before responding: {error}", server=server.address, error=error)
+        self._upstream.pool.connect_failed(server)
+        self._upstream.pool.request_finished(server)
+        self._respond_error(502, b"Bad Gateway", "the backend server failed to respond")
+
+    def _can_replay(self) -> bool:
+        if self.head.method not in IDEMPOTENT:
+            return False
+        return self.head.body == NO_BODY or self._replay is not None
+
+    def _rewind_body(self) -> None:
+        if self._replay:
+            self._pending_body = list(self._replay)
+            self._pending_size = self._replay_size
+
+    def _respond_error(self, status: int, reason: bytes, text: str) -> None:
+        self._finished = True
+        self._record.status = status
+        if self._tried:
+            self._record.upstream = self._tried[-1].address
+        body = text.encode() + b"\n"
+        self._record.body_bytes = len(body)
+        # When the request body is still arriving the connection cannot be reused safely.
+        respond_locally(self._sink, self.head, status, reason, body, close=not self._body_done)
+        write_access_log(self._context, self._record)
+
+
+def decide(context: ProxyContext, head: RequestHead) -> tuple[Upstream, bytes] | None:
+    """The upstream and backend request-target for *head*, or None when no route matches.
+
+    This is the gateway's routing decision point, kept in one function so that
+    a scripted hook can wrap it later.
+    """
+    route = context.routes.match(head.host_name, head.path)
+    if route is None:
+        return None
+    target = head.target
+    if route.strip_prefix:
+        target = strip_route_prefix(route, head.path).encode("latin-1") + head.query
+    return context.upstreams[route.upstream], target

@@ -1,0 +1,293 @@
+"""The client-facing side: an HTTP/1.1 server protocol around llhttp (httptools).
+
+Each request head becomes a :class:`RequestHead` and an exchange (a
+:class:`ProxyExchange`, or a :class:`LocalResponse` when the gateway answers
+itself).  Exchanges are kept in arrival order: only the first one writes its
+response; pipelined requests behind it wait their turn with the connection's
+reading paused, and are answered in order.
+
+The protocol also implements the exchanges' :class:`ResponseSink`: it frames
+each response for this client (Content-Length, chunked, or close-delimited
+for HTTP/1.0) and decides whether the connection stays open.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.core.accesslog import AccessRecord
+from gateway.core.headers import Headers, serialize_headers
+from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead
+from gateway.http.flow import ReadGate
+from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
+
+log = Logger(namespace="gateway.server")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % key
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class HTTP11ServerProtocol(Protocol):
+    """One client connection."""
+
+    def __init__(self, context: ProxyContext, scheme: str) -> None:
+        self._context = context
+        self._scheme = scheme
+        self._exchanges: deque = deque()  # in arrival order; the first one is responding
+        self._reading = None  # the exchange whose request body the parser is reading
+        self._closing = False  # no further request will be read on this connection
+        self._keep_alive = True  # of the response being written
+        self._chunked = False  # the response being written uses chunked coding
+        self._head_sent = False  # the response being written has begun
+        self._url_parts: list[bytes] = []
+        self._headers: Headers = []
+
+    # -- Twisted ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.read_gate = ReadGate(self.transport)
+        self._client_ip = self.transport.getPeer().host
+        self._parser = httptools.HttpRequestParser(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        while data and not self._closing:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                # The request asked to switch protocols (h2c, websocket).  Tunnelling
+                # is not offered, so the request has been handled as plain HTTP with
+                # its Upgrade header dropped; the bytes after it are a new request.
+                data = data[upgrade.args[0]:]
+                self._parser = httptools.HttpRequestParser(self)
+            except httptools.HttpParserCallbackError:
+                log.failure("error while handling a request")
+                self._protocol_error(500, b"Internal Server Error", "internal error")
+                return
+            except httptools.HttpParserError as error:
+                self._protocol_error(400, b"Bad Request", f"malformed request: {error}")
+                return
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._closing = True
+        pending = list(self._exchanges)
+        if self._reading is not None and self._reading not in pending:
+            pending.append(self._reading)
+        self._exchanges.clear()
+        self._reading = None
+        for exchange in pending:
+            exchange.downstream_lost()
+
+    # -- httptools callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url_parts = []
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url_parts.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = self._headers
+        target = b"".join(self._url_parts)
+        version = parser.get_http_version().encode("ascii")
+        method = parser.get_method()
+        hosts: list[bytes] = []
+        content_length = None
+        chunked = expect_continue = False
+        referer = user_agent = b"-"
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts.append(value)
+            elif lower == b"content-length":
+                content_length = int(value)  # llhttp has checked it is a number
+            elif lower == b"transfer-encoding":
+                chunked = True  # llhttp refuses any coding but a final "chunked"
+            elif lower == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+            elif lower == b"user-agent":
+                user_agent = value
+            elif lower == b"referer":
+                referer = value
+        path_bytes, _, query = target.partition(b"?")
+        head = RequestHead(
+            method=method, target=target, path=path_bytes.decode("latin-1"),
+            query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
+            headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
+            scheme=self._scheme, keep_alive=parser.should_keep_alive(),
+            body=CHUNKED if chunked else (FIXED_LENGTH if content_length else NO_BODY),
+            content_length=content_length, expect_continue=expect_continue and version == b"1.1",
+        )
+        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(),
+                              request_line=head.request_line, referer=referer.decode("latin-1"),
+                              user_agent=user_agent.decode("latin-1"))
+        problem = self._refusal(head, hosts)
+        if problem is not None:
+            status, reason, text = problem
+            self._closing = True
+            exchange = LocalResponse(self, head, record, self._context, status, reason, text, close=True)
+        else:
+            decision = decide(self._context, head)
+            if decision is None:
+                exchange = LocalResponse(self, head, record, self._context, 404, b"Not Found",
+                                         "no route for this path",
+                                         close=expect_continue and head.body != NO_BODY)
+            else:
+                upstream, upstream_target = decision
+                exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record)
+        self._reading = exchange
+        self._enqueue(exchange)
+
+    def on_body(self, data: bytes) -> None:
+        if self._reading is not None:
+            self._reading.body_received(data)
+
+    def on_message_complete(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.body_finished()
+
+    # -- ResponseSink -----------------------------------------------------------
+
+    def send_head(self, head: RequestHead | None, status: int, reason: bytes, headers: Headers, body: int,
+                  content_length: int | None) -> None:
+        keep_alive = head is not None and head.keep_alive and not self._closing
+        chunked = False
+        framing: Headers = []
+        if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
+            framing.append((b"Content-Length", b"%d" % content_length))
+        elif body != NO_BODY:
+            if head is not None and head.version == b"1.1":
+                chunked = True
+                framing.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                keep_alive = False  # HTTP/1.0: the body ends when the connection closes
+        if not keep_alive:
+            framing.append((b"Connection", b"close"))
+        elif head.version == b"1.0":
+            framing.append((b"Connection", b"keep-alive"))
+        self._keep_alive = keep_alive
+        self._chunked = chunked
+        self._head_sent = True
+        self.transport.write(b"".join((_status_line(status, reason), serialize_headers(headers),
+                                       serialize_headers(framing), b"\r\n")))
+
+    def send_body(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._chunked:
+            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def finish_response(self, close: bool = False) -> None:
+        if self._chunked:
+            self.transport.write(b"0\r\n\r\n")
+            self._chunked = False
+        self._head_sent = False
+        if self._exchanges:
+            self._exchanges.popleft()
+        if close or not self._keep_alive:
+            self._close_after_response()
+            return
+        if self._exchanges:
+            self._start(self._exchanges[0])
+        else:
+            self.read_gate.resume("pipeline")
+
+    def abort_response(self) -> None:
+        """The response cannot be completed: close, so that the client sees it was cut short."""
+        if self._exchanges:
+            self._exchanges.popleft()
+        self._close_after_response()
+
+    def register_producer(self, producer: ReadGate) -> None:
+        self.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        self.transport.unregisterProducer()
+
+    # -- internals ------------------------------------------------------------
+
+    def _refusal(self, head: RequestHead, hosts: list[bytes]) -> tuple[int, bytes, str] | None:
+        """Why a well-formed request is still refused, or None."""
+        if head.version not in (b"1.1", b"1.0"):
+            return 505, b"HTTP Version Not Supported", "HTTP/1.0 and HTTP/1.1 only"
+        if len(hosts) > 1:
+            return 400, b"Bad Request", "more than one Host header"
+        if not hosts and head.version == b"1.1":
+            return 400, b"Bad Request", "missing Host header"
+        if not head.path.startswith("/"):
+            return 400, b"Bad Request", "the request-target must be a path starting with /"
+        return None
+
+    def _enqueue(self, exchange) -> None:
+        self._exchanges.append(exchange)
+        if len(self._exchanges) == 1:
+            self._start(exchange)
+        else:
+            self.read_gate.pause("pipeline")
+
+    def _start(self, exchange) -> None:
+        if exchange is self._reading and isinstance(exchange, ProxyExchange) and exchange.head.expect_continue:
+            self.transport.write(_CONTINUE)
+        exchange.start()
+
+    def _protocol_error(self, status: int, reason: bytes, text: str) -> None:
+        """A request could not be parsed: answer it (when still possible) and close."""
+        self._closing = True
+        self.read_gate.pause("closing")
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            # The error is inside a request body that is already being forwarded.
+            reading.downstream_lost()
+            if self._exchanges and self._exchanges[0] is reading:
+                self._exchanges.popleft()
+            if self._exchanges or self._head_sent:
+                self._close_after_response()
+                return
+        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(),
+                              request_line="-")
+        self._enqueue(LocalResponse(self, None, record, self._context, status, reason, text, close=True))
+
+    def _close_after_response(self) -> None:
+        self._closing = True
+        pending = list(self._exchanges)
+        self._exchanges.clear()
+        for exchange in pending:
+            exchange.downstream_lost()
+        self.transport.loseConnection()
+
+
+class HTTP11ServerFactory(Factory):
+    """Builds one :class:`HTTP11ServerProtocol` per client connection of a listener."""
+
+    noisy = False
+
+    def __init__(self, context: ProxyContext, scheme: str = "http") -> None:
+        self.context = context
+        self.scheme = scheme
+
+    def buildProtocol(self, addr) -> HTTP11ServerProtocol:
+        return HTTP11ServerProtocol(self.context, self.scheme)

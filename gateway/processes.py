@@ -1,0 +1,49 @@
+"""The commands under ``processes:``: started with the gateway, restarted when they die.
+
+This is Twisted's own process monitor (:mod:`twisted.runner.procmon`): it
+restarts a process that exits, waiting longer after each quick death (1 s
+doubling up to 30 s), logs every output line with the process name, and on
+shutdown sends SIGTERM, then SIGKILL after 5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Sequence
+
+from twisted.runner.procmon import ProcessMonitor
+
+from gateway.core.config import ConfigError, ProcessConfig
+
+
+def process_environment() -> dict[str, str]:
+    """The gateway's environment, with the Python environment's bin folder first on PATH.
+
+    So ``gunicorn ...`` finds the Gunicorn installed beside the gateway even
+    when the virtual environment is not activated.
+    """
+    env = dict(os.environ)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+    return env
+
+
+def build_process_monitor(processes: Sequence[ProcessConfig], source: str, reactor) -> ProcessMonitor:
+    """A ProcessMonitor for *processes*; raises ConfigError for a command that does not exist."""
+    env = process_environment()
+    monitor = ProcessMonitor(reactor=reactor)
+    monitor.setName("processes")
+    monitor.threshold = 1  # a process that lives less than this many seconds died "quickly"
+    monitor.minRestartDelay = 1
+    monitor.maxRestartDelay = 30
+    monitor.killTime = 5
+    cwd = os.getcwd()
+    for process in processes:
+        executable = shutil.which(process.argv[0], path=env["PATH"])
+        if executable is None:
+            raise ConfigError(f"{source}: processes.{process.name}: command {process.argv[0]!r} not found "
+                              f"(looked in PATH, including {os.path.dirname(sys.executable)})")
+        monitor.addProcess(process.name, [executable, *process.argv[1:]], env=env, cwd=cwd)
+    return monitor
