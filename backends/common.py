@@ -111,15 +111,22 @@ def echo() -> dict[str, Any]:
 
     ``headers`` are the raw headers; ``remote_addr``, ``scheme``, ``host`` and
     ``url`` are what the app sees after ProxyFix applied X-Forwarded-*.
+    ``peer`` is the TCP peer (``host:port``) of the connection the request came
+    on, before ProxyFix: behind the gateway, the gateway's end of a pooled
+    backend connection, so a test can see that connections are reused.
     The body, if any, is read and summarised as ``body_bytes``/``body_sha256``.
     """
     body_bytes, body_sha256 = read_body()
+    original = request.environ.get("werkzeug.proxy_fix.orig", {})
+    peer_host = original.get("REMOTE_ADDR", request.environ.get("REMOTE_ADDR"))
+    peer_port = request.environ.get("REMOTE_PORT")
     return {
         "method": request.method,
         "path": request.path,
         "query_string": request.query_string.decode("latin-1"),
         "headers": raw_headers(request.environ),
         "remote_addr": request.remote_addr,
+        "peer": f"{peer_host}:{peer_port}",
         "scheme": request.scheme,
         "host": request.host,
         "url": url_for("echo", _external=True),

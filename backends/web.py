@@ -12,10 +12,13 @@ Routes:
 - ``/echo`` (any method): what the request looked like on arrival.
 - ``GET /healthz``: ``ok``.
 - ``GET /status/<code>``: an answer with that status.
+- ``GET /sleep?seconds=S``: answers after S seconds (at most 30), to keep a
+  request in flight (least_conn tests).
 """
 
 from __future__ import annotations
 
+import time
 from html import escape
 from flask import abort, jsonify, request
 from werkzeug.wrappers import Response
@@ -87,3 +90,12 @@ def status(code: int) -> Response:
         abort(400, "status must be between 200 and 599")
     body = "" if code in (204, 304) else f"status {code}\n"
     return Response(body, status=code, mimetype="text/plain")
+
+
+@app.get("/sleep")
+def sleep() -> Response:
+    seconds = request.args.get("seconds", 1.0, type=float)
+    if seconds is None or not 0 <= seconds <= 30:
+        abort(400, "seconds must be a number from 0 to 30")
+    time.sleep(seconds)
+    return jsonify(slept=seconds, served_by=common.served_by())

@@ -170,6 +170,8 @@ class ProxyExchange:
         if self._connection is not None and not self._finished:
             self._connection.end_body()
             self._connection.transport.unregisterProducer()
+            # Unregistering does not resume: a pause from the backend's full buffer must be lifted here.
+            self._sink.read_gate.resume(BACKPRESSURE)
 
     def downstream_lost(self) -> None:
         """The client went away: drop the backend connection, it cannot be reused mid-message."""
@@ -293,7 +295,7 @@ class ProxyExchange:
             self._sink.abort_response()
             write_access_log(self._context, self._record)
             return
-        if self._reused and self._can_replay():
+        if self._reused and not connection.response_started and self._can_replay():
             # A pooled connection that the backend had closed: try again on a fresh one.
             self._rewind_body()
             self._try_next_server(same_server=True)

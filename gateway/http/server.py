@@ -211,10 +211,10 @@ class HTTP11ServerProtocol(Protocol):
         if close or not self._keep_alive:
             self._close_after_response()
             return
+        if len(self._exchanges) <= 1:
+            self.read_gate.resume("pipeline")  # the next request may be read (its body included)
         if self._exchanges:
             self._start(self._exchanges[0])
-        else:
-            self.read_gate.resume("pipeline")
 
     def abort_response(self) -> None:
         """The response cannot be completed: close, so that the client sees it was cut short."""
