@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Sequence
-
-from twisted.runner.procmon import ProcessMonitor
+from typing import TYPE_CHECKING, Sequence
 
 from gateway.core.config import ConfigError, ProcessConfig
+
+if TYPE_CHECKING:
+    from twisted.runner.procmon import ProcessMonitor
 
 
 def process_environment() -> dict[str, str]:
@@ -32,6 +33,9 @@ def process_environment() -> dict[str, str]:
 
 def build_process_monitor(processes: Sequence[ProcessConfig], source: str, reactor) -> ProcessMonitor:
     """A ProcessMonitor for *processes*; raises ConfigError for a command that does not exist."""
+    # Imported here: procmon imports the global reactor, which must not happen at import time.
+    from twisted.runner.procmon import ProcessMonitor
+
     env = process_environment()
     monitor = ProcessMonitor(reactor=reactor)
     monitor.setName("processes")
