@@ -8,18 +8,22 @@ the processes, then the access log, then the listeners.
 
 from __future__ import annotations
 
+import signal
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.accesslog import AccessLogWriter
-from gateway.core.config import GatewayConfig, ListenerConfig
+from gateway.core.config import ConfigError, GatewayConfig, ListenerConfig, TLSConfig
 from gateway.core.pool import UpstreamPool
 from gateway.core.routing import RouteTable
 from gateway.http.connections import UpstreamConnections
 from gateway.http.proxy import ProxyContext, Upstream
 from gateway.http.server import HTTP11ServerFactory
 from gateway.processes import build_process_monitor
+from gateway.tls import ServerTLS
 
 log = Logger(namespace="gateway")
 
@@ -33,10 +37,12 @@ class ListenerService(Service):
     reactor runs, after the processes have been started.
     """
 
-    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory) -> None:
+    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory,
+                 tls: ServerTLS | None = None) -> None:
         self._reactor = reactor
         self._listener = listener
-        self._factory = factory
+        self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
+        self.tls = tls
         self.port = None
         self.setName(f"listener:{listener.name}")
 
@@ -50,8 +56,8 @@ class ListenerService(Service):
             raise SystemExit(f"gateway: listener {listener.name!r} cannot listen on "
                              f"{listener.interface}:{listener.port}: {error.socketError}") from None
         address = self.port.getHost()
-        log.info("listener {name} serving http on {host}:{port}", name=listener.name, host=address.host,
-                 port=address.port)
+        log.info("listener {name} serving {scheme} on {host}:{port}", name=listener.name, host=address.host,
+                 port=address.port, scheme="https" if self.tls is not None else "http")
 
     def stopService(self):
         super().stopService()
@@ -73,6 +79,51 @@ class UpstreamConnectionsService(Service):
             upstream.connections.close_idle()
 
 
+class CertificateReloader(Service):
+    """On SIGHUP, re-reads every TLS listener's certificate files for new connections."""
+
+    def __init__(self, reactor, listeners: list[tuple[ServerTLS, TLSConfig]]) -> None:
+        self._reactor = reactor
+        self._listeners = listeners
+        self._previous_handler = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous_handler = signal.signal(signal.SIGHUP, self._on_signal)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        for tls, config in self._listeners:
+            try:
+                tls.reload(config)
+            except ConfigError as error:
+                log.error("SIGHUP: certificates not reloaded, the previous ones keep serving: {error}",
+                          error=str(error))
+            else:
+                log.info("SIGHUP: reloaded {count} certificate(s): {files}", count=len(config.certificates),
+                         files=", ".join(item.cert for item in config.certificates))
+
+
+def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
+    """The TLS contexts of a listener, generating absent files first when ``self_signed`` asks for it."""
+    tls = listener.tls
+    if tls.self_signed:
+        from gateway.certs import ensure_self_signed
+
+        for item in tls.certificates:
+            if ensure_self_signed(item.cert, item.key):
+                log.info("listener {name}: generated a self-signed certificate {cert} (key {key})",
+                         name=listener.name, cert=item.cert, key=item.key)
+    return ServerTLS(tls, source)
+
+
 def build_service(config: GatewayConfig, reactor) -> MultiService:
     """All of the gateway for *config*, as one service for twistd to run."""
     root = MultiService()
@@ -92,6 +143,12 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     UpstreamConnectionsService(upstreams).setServiceParent(root)
     context = ProxyContext(reactor=reactor, routes=RouteTable(config.routes), upstreams=upstreams,
                            access_log=access_log)
+    tls_listeners: list[tuple[ServerTLS, TLSConfig]] = []
     for listener in config.listeners:
-        ListenerService(reactor, listener, HTTP11ServerFactory(context, scheme="http")).setServiceParent(root)
+        tls = build_tls(listener, config.source) if listener.tls is not None else None
+        if tls is not None:
+            tls_listeners.append((tls, listener.tls))
+        ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls).setServiceParent(root)
+    if tls_listeners:
+        CertificateReloader(reactor, tls_listeners).setServiceParent(root)
     return root

@@ -26,10 +26,35 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class CertificateConfig:
+    cert: str  # PEM certificate (chain) file
+    key: str  # PEM private key file
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificates: tuple[CertificateConfig, ...]  # the first one is the default (no SNI, no match)
+    min_version: str = "1.2"  # "1.2" or "1.3"
+    hsts: int | None = None  # Strict-Transport-Security max-age, in seconds
+    self_signed: bool = False  # generate absent cert/key files at start-up
+
+
+@dataclass(frozen=True)
+class RedirectConfig:
+    """A plain-HTTP listener that sends every request to HTTPS."""
+
+    port: int  # the HTTPS port named in Location (omitted when 443)
+    status_other: int = 308  # for methods other than GET and HEAD (which get 301)
+    exempt: tuple[str, ...] = ()  # path prefixes routed normally (ACME challenges)
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     port: int
     interface: str = "0.0.0.0"
+    tls: TLSConfig | None = None
+    redirect: RedirectConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +265,8 @@ class _Validator:
         return text
 
     def listener(self, value: Any, path: Path) -> ListenerConfig:
-        data = self.mapping(value, path, ("name", "port", "interface"), required=("port",))
+        data = self.mapping(value, path, ("name", "port", "interface", "tls", "redirect_https",
+                                          "redirect_status_other", "redirect_exempt"), required=("port",))
         port = self.integer(data["port"], path + ("port",), 0, 65535)
         interface = self.typed(data.get("interface", "0.0.0.0"), path + ("interface",), str,
                                "an IP address such as 127.0.0.1")
@@ -250,7 +276,52 @@ class _Validator:
             raise self.fail(path + ("interface",),
                             f"expected an IP address such as 127.0.0.1 or ::, got {interface!r}") from None
         name = self.name(data.get("name", f"listener-{path[-1]}"), path + ("name",))
-        return ListenerConfig(name=name, port=port, interface=interface)
+        tls = self.tls(data["tls"], path + ("tls",)) if "tls" in data else None
+        redirect = None
+        if "redirect_https" in data:
+            if tls is not None:
+                raise self.fail(path + ("redirect_https",), "a TLS listener cannot redirect to HTTPS itself; "
+                                "put redirect_https on a plain-HTTP listener")
+            status_other = data.get("redirect_status_other", 308)
+            if status_other not in (301, 302, 307, 308) or isinstance(status_other, bool):
+                raise self.fail(path + ("redirect_status_other",), f"expected 301, 302, 307 or 308, got {status_other!r}")
+            exempt = self.each(data.get("redirect_exempt", []), path + ("redirect_exempt",), self.path_prefix)
+            redirect = RedirectConfig(port=self.integer(data["redirect_https"], path + ("redirect_https",), 1, 65535),
+                                      status_other=status_other, exempt=exempt)
+        else:
+            for key in ("redirect_status_other", "redirect_exempt"):
+                if key in data:
+                    raise self.fail(path + (key,), "only meaningful together with redirect_https")
+        return ListenerConfig(name=name, port=port, interface=interface, tls=tls, redirect=redirect)
+
+    def tls(self, value: Any, path: Path) -> TLSConfig:
+        data = self.mapping(value, path, ("certificates", "min_version", "hsts", "self_signed"),
+                            required=("certificates",))
+        certificates = self.each(data["certificates"], path + ("certificates",), self.certificate)
+        if not certificates:
+            raise self.fail(path + ("certificates",), "expected at least one {cert, key} pair")
+        min_version = data.get("min_version", "1.2")
+        if isinstance(min_version, float):
+            min_version = f"{min_version:.1f}"  # an unquoted 1.2 in YAML is a number
+        if min_version not in ("1.2", "1.3"):
+            raise self.fail(path + ("min_version",), f'expected "1.2" or "1.3", got {min_version!r}')
+        hsts = data.get("hsts")
+        if hsts is not None:
+            hsts = self.integer(hsts, path + ("hsts",), 0)
+        self_signed = self.typed(data.get("self_signed", False), path + ("self_signed",), bool, "true or false")
+        return TLSConfig(certificates=certificates, min_version=min_version, hsts=hsts, self_signed=self_signed)
+
+    def certificate(self, value: Any, path: Path) -> CertificateConfig:
+        data = self.mapping(value, path, ("cert", "key"), required=("cert", "key"))
+        cert = self.typed(data["cert"], path + ("cert",), str, "a certificate file path")
+        key = self.typed(data["key"], path + ("key",), str, "a private key file path")
+        return CertificateConfig(cert=cert, key=key)
+
+    def path_prefix(self, value: Any, path: Path) -> str:
+        prefix = self.typed(value, path, str, "a path starting with /")
+        if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "?" in prefix:
+            raise self.fail(path, f"expected a path starting with / (no spaces or '?'), got {prefix!r}")
+        return prefix
 
     def upstream(self, name: str, value: Any, path: Path) -> UpstreamConfig:
         data = self.mapping(value, path, ("balance", "servers", "keepalive_timeout",
@@ -285,9 +356,7 @@ class _Validator:
     def route(self, value: Any, path: Path, upstreams: Mapping[str, UpstreamConfig]) -> RouteConfig:
         data = self.mapping(value, path, ("path", "upstream", "host", "strip_prefix"),
                             required=("path", "upstream"))
-        prefix = self.typed(data["path"], path + ("path",), str, "a path starting with /")
-        if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "?" in prefix:
-            raise self.fail(path + ("path",), f"expected a path starting with / (no spaces or '?'), got {prefix!r}")
+        prefix = self.path_prefix(data["path"], path + ("path",))
         upstream = self.typed(data["upstream"], path + ("upstream",), str, "an upstream name")
         if upstream not in upstreams:
             known = ", ".join(upstreams) or "none defined"

@@ -77,8 +77,10 @@ class LocalResponse:
     """A short text/plain answer from the gateway itself."""
 
     def __init__(self, sink: ResponseSink, head: RequestHead | None, record: AccessRecord,
-                 context: ProxyContext, status: int, reason: bytes, text: str, close: bool = False) -> None:
+                 context: ProxyContext, status: int, reason: bytes, text: str, close: bool = False,
+                 headers: Headers = ()) -> None:
         self._sink = sink
+        self._headers = headers
         self.head = head
         self._record = record
         self._context = context
@@ -88,7 +90,7 @@ class LocalResponse:
         self._close = close
 
     def start(self) -> None:
-        respond_locally(self._sink, self.head, self._status, self._reason, self._body, self._close)
+        respond_locally(self._sink, self.head, self._status, self._reason, self._body, self._close, self._headers)
         self._record.status = self._status
         self._record.body_bytes = len(self._body)
         write_access_log(self._context, self._record)
@@ -104,8 +106,8 @@ class LocalResponse:
 
 
 def respond_locally(sink: ResponseSink, head: RequestHead | None, status: int, reason: bytes, body: bytes,
-                    close: bool) -> None:
-    headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+                    close: bool, extra_headers: Headers = ()) -> None:
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8"), *extra_headers]
     if head is None or head.method != b"HEAD":
         sink.send_head(head, status, reason, headers, FIXED_LENGTH, len(body))
         sink.send_body(body)

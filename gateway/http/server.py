@@ -13,6 +13,7 @@ for HTTP/1.0) and decides whether the connection stays open.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -21,14 +22,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.core.accesslog import AccessRecord
+from gateway.core.config import ListenerConfig, RedirectConfig
 from gateway.core.headers import Headers, serialize_headers
-from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead
+from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
+from gateway.core.routing import prefix_matches
 from gateway.http.flow import ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
 
 log = Logger(namespace="gateway.server")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect"}
+#: A Host that may be copied into a Location header: a DNS name or IPv4 address, or an IPv6 literal.
+_SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
@@ -45,9 +51,12 @@ def _status_line(status: int, reason: bytes) -> bytes:
 class HTTP11ServerProtocol(Protocol):
     """One client connection."""
 
-    def __init__(self, context: ProxyContext, scheme: str) -> None:
+    def __init__(self, context: ProxyContext, scheme: str, redirect: RedirectConfig | None = None,
+                 response_headers: Headers = ()) -> None:
         self._context = context
         self._scheme = scheme
+        self._redirect = redirect
+        self._response_headers = list(response_headers)  # added to every response (HSTS)
         self._exchanges: deque = deque()  # in arrival order; the first one is responding
         self._reading = None  # the exchange whose request body the parser is reading
         self._closing = False  # no further request will be read on this connection
@@ -147,6 +156,9 @@ class HTTP11ServerProtocol(Protocol):
             status, reason, text = problem
             self._closing = True
             exchange = LocalResponse(self, head, record, self._context, status, reason, text, close=True)
+        elif self._redirect is not None and not any(prefix_matches(prefix.rstrip("/") or "/", head.path)
+                                                    for prefix in self._redirect.exempt):
+            exchange = self._redirect_to_https(head, record)
         else:
             decision = decide(self._context, head)
             if decision is None:
@@ -187,6 +199,8 @@ class HTTP11ServerProtocol(Protocol):
             framing.append((b"Connection", b"close"))
         elif head.version == b"1.0":
             framing.append((b"Connection", b"keep-alive"))
+        if self._response_headers:
+            framing.extend(self._response_headers)
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
@@ -242,6 +256,21 @@ class HTTP11ServerProtocol(Protocol):
             return 400, b"Bad Request", "the request-target must be a path starting with /"
         return None
 
+    def _redirect_to_https(self, head: RequestHead, record: AccessRecord) -> LocalResponse:
+        """301 (GET, HEAD) or the configured status to the same host, path and query over HTTPS."""
+        redirect = self._redirect
+        host = host_without_port(head.host.decode("latin-1")) if head.host is not None else ""
+        if not _SAFE_HOST.fullmatch(host):
+            self._closing = True
+            return LocalResponse(self, head, record, self._context, 400, b"Bad Request",
+                                 "a valid Host header is required", close=True)
+        port = "" if redirect.port == 443 else f":{redirect.port}"
+        location = f"https://{host}{port}".encode("ascii") + head.target
+        status = 301 if head.method in (b"GET", b"HEAD") else redirect.status_other
+        return LocalResponse(self, head, record, self._context, status, _REDIRECT_REASONS[status],
+                             f"moved to {location.decode('latin-1')}", headers=[(b"Location", location)],
+                             close=head.expect_continue and head.body != NO_BODY)
+
     def _enqueue(self, exchange) -> None:
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
@@ -285,9 +314,13 @@ class HTTP11ServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, context: ProxyContext, scheme: str = "http") -> None:
+    def __init__(self, context: ProxyContext, listener: ListenerConfig) -> None:
         self.context = context
-        self.scheme = scheme
+        self.scheme = "https" if listener.tls is not None else "http"
+        self.redirect = listener.redirect
+        self.response_headers: Headers = []
+        if listener.tls is not None and listener.tls.hsts is not None:
+            self.response_headers.append((b"Strict-Transport-Security", b"max-age=%d" % listener.tls.hsts))
 
     def buildProtocol(self, addr) -> HTTP11ServerProtocol:
-        return HTTP11ServerProtocol(self.context, self.scheme)
+        return HTTP11ServerProtocol(self.context, self.scheme, self.redirect, self.response_headers)

@@ -1,0 +1,150 @@
+"""TLS termination: pyOpenSSL contexts for a listener, chosen per connection by SNI.
+
+One ``SSL.Context`` is built per configured certificate, once, and reused for
+every connection.  The first certificate is the default; a client's SNI name
+switches the connection to the certificate whose subjectAltNames match it
+(``*.example.com`` wildcards included).
+
+Settings: TLS 1.2 or newer, forward-secret AEAD ciphers only, no
+compression, no renegotiation, ALPN ``http/1.1``.  Unlike Twisted's
+``CertificateOptions`` (which turns them off), session tickets and a server
+session cache are on, so reconnecting clients resume instead of paying a full
+handshake.  :meth:`ServerTLS.reload` rebuilds the contexts from the files
+(SIGHUP); connections already open keep the context they started with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.core.config import ConfigError, TLSConfig
+
+log = Logger(namespace="gateway.tls")
+
+_MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+# TLS 1.2 suites: ECDHE key exchange (forward secrecy) with AEAD encryption only.
+# TLS 1.3 suites are all forward-secret AEAD and need no list.
+_TLS12_CIPHERS = b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+                 b"ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+_ALPN = b"http/1.1"
+
+
+@dataclass(frozen=True)
+class LoadedCertificate:
+    context: SSL.Context
+    names: tuple[str, ...]  # lower-case DNS names and IP addresses from the SANs (or the CN)
+    not_after: datetime.datetime
+
+
+def certificate_names(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The names a certificate is valid for: its SANs, or its common name when it has none."""
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [name.lower() for name in sans.get_values_for_type(x509.DNSName)]
+        names += [str(address) for address in sans.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = [str(attribute.value).lower()
+                 for attribute in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    return tuple(names)
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """RFC 6125 matching: exact, or a ``*.`` wildcard standing for exactly one leftmost label."""
+    if pattern == name:
+        return True
+    if pattern.startswith("*."):
+        first, dot, rest = name.partition(".")
+        return bool(first) and bool(dot) and rest == pattern[2:]
+    return False
+
+
+def _alpn_select(connection: SSL.Connection, offered: list[bytes]):
+    return _ALPN if _ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def load_certificate(cert_path: str, key_path: str, min_version: str, source: str) -> LoadedCertificate:
+    """Build the context for one certificate; raise ConfigError naming the file when it is unusable."""
+    for path in (cert_path, key_path):
+        if not os.access(path, os.R_OK):
+            reason = "does not exist" if not os.path.exists(path) else "is not readable"
+            raise ConfigError(f"{source}: TLS file {path} {reason}")
+    try:
+        with open(cert_path, "rb") as stream:
+            certificate = x509.load_pem_x509_certificate(stream.read())
+    except ValueError as error:
+        raise ConfigError(f"{source}: {cert_path} is not a PEM certificate: {error}") from None
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(_MIN_VERSIONS[min_version])
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context.set_cipher_list(_TLS12_CIPHERS)
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_session_id(b"gateway")
+    context.set_alpn_select_callback(_alpn_select)
+    try:
+        context.use_certificate_chain_file(cert_path)
+        context.use_privatekey_file(key_path)
+        context.check_privatekey()
+    except SSL.Error as error:
+        raise ConfigError(f"{source}: the key {key_path} does not match the certificate {cert_path} "
+                          f"or cannot be used ({_ssl_reason(error)})") from None
+    return LoadedCertificate(context=context, names=certificate_names(certificate),
+                             not_after=certificate.not_valid_after_utc)
+
+
+def _ssl_reason(error: SSL.Error) -> str:
+    details = error.args[0] if error.args else []
+    if isinstance(details, list) and details:
+        return "; ".join(str(item[-1]) for item in details)
+    return str(error)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """The TLS side of one listener: makes the OpenSSL connection for each client."""
+
+    def __init__(self, config: TLSConfig, source: str) -> None:
+        self._config = config
+        self._source = source
+        self._certificates: tuple[LoadedCertificate, ...] = ()
+        self.reload()
+
+    def reload(self, config: TLSConfig | None = None) -> None:
+        """(Re)load every certificate file; on error keep serving the old ones and raise ConfigError."""
+        config = config or self._config
+        loaded = tuple(load_certificate(item.cert, item.key, config.min_version, self._source)
+                       for item in config.certificates)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for item, certificate in zip(config.certificates, loaded):
+            certificate.context.set_tlsext_servername_callback(self._select_certificate)
+            if certificate.not_after < now:
+                log.warn("certificate {path} expired on {date}; clients will refuse it", path=item.cert,
+                         date=certificate.not_after.isoformat())
+        self._config = config
+        self._certificates = loaded
+
+    def certificate_for(self, server_name: str | None) -> LoadedCertificate:
+        """The certificate for an SNI name: the first whose SANs match, else the first one."""
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            for certificate in self._certificates:
+                if any(name_matches(pattern, name) for pattern in certificate.names):
+                    return certificate
+        return self._certificates[0]
+
+    def _select_certificate(self, connection: SSL.Connection) -> None:
+        server_name = connection.get_servername()
+        if server_name:
+            chosen = self.certificate_for(server_name.decode("ascii", "replace"))
+            if chosen.context is not connection.get_context():
+                connection.set_context(chosen.context)
+
+    def serverConnectionForTLS(self, protocol) -> SSL.Connection:
+        return SSL.Connection(self._certificates[0].context, None)
