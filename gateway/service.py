@@ -8,6 +8,7 @@ the processes, then the access log, then the listeners.
 
 from __future__ import annotations
 
+import os
 import signal
 
 from twisted.application.service import MultiService, Service
@@ -115,12 +116,18 @@ def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
     """The TLS contexts of a listener, generating absent files first when ``self_signed`` asks for it."""
     tls = listener.tls
     if tls.self_signed:
-        from gateway.certs import ensure_self_signed
+        from gateway.certs import CertificateError, ensure_self_signed, local_ca_paths
 
         for item in tls.certificates:
-            if ensure_self_signed(item.cert, item.key):
-                log.info("listener {name}: generated a self-signed certificate {cert} (key {key})",
-                         name=listener.name, cert=item.cert, key=item.key)
+            try:
+                generated = ensure_self_signed(item.cert, item.key)
+            except CertificateError as error:
+                raise ConfigError(f"{source}: listener {listener.name}: cannot generate {item.cert}: {error}") from None
+            if generated:
+                ca_cert = local_ca_paths(os.path.dirname(item.cert) or ".")[0]
+                log.info("listener {name}: generated certificate {cert} (key {key}), signed by the local CA "
+                         "{ca}; clients trust that file, e.g. curl --cacert {ca}", name=listener.name,
+                         cert=item.cert, key=item.key, ca=ca_cert)
     return ServerTLS(tls, source)
 
 
