@@ -11,18 +11,21 @@ from __future__ import annotations
 import os
 import signal
 
+from dataclasses import replace
+
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.accesslog import AccessLogWriter
-from gateway.core.config import ConfigError, GatewayConfig, ListenerConfig, TLSConfig
-from gateway.core.pool import UpstreamPool
+from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, ListenerConfig, load_config
 from gateway.core.routing import RouteTable
-from gateway.http.connections import UpstreamConnections
-from gateway.http.proxy import ProxyContext, Upstream
+from gateway.http.proxy import ProxyContext
 from gateway.http.server import HTTP11ServerFactory
+from gateway.live import LiveUpstreams, StateStore, read_live_changes
 from gateway.processes import build_process_monitor
 from gateway.tls import ServerTLS
 
@@ -39,9 +42,11 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory,
-                 tls: ServerTLS | None = None) -> None:
+                 tls: ServerTLS | None = None, shutdown_timeout: float = 10.0) -> None:
         self._reactor = reactor
         self._listener = listener
+        self._http_factory = factory
+        self._shutdown_timeout = shutdown_timeout
         self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
         self.tls = tls
         self.port = None
@@ -60,32 +65,66 @@ class ListenerService(Service):
         log.info("listener {name} serving {scheme} on {host}:{port}", name=listener.name, host=address.host,
                  port=address.port, scheme="https" if self.tls is not None else "http")
 
-    def stopService(self):
+    def stopService(self) -> Deferred | None:
+        """Stop accepting, then let the requests in flight finish (within the shutdown timeout)."""
         super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        stopped = maybeDeferred(port.stopListening)
+        stopped.addCallback(lambda _: self._http_factory.shut_down(self._reactor, self._shutdown_timeout))
+        return stopped
 
 
 class UpstreamConnectionsService(Service):
     """Closes the idle backend connections when the gateway stops."""
 
-    def __init__(self, upstreams: dict[str, Upstream]) -> None:
-        self._upstreams = upstreams
+    def __init__(self, context: ProxyContext) -> None:
+        self._context = context
 
     def stopService(self) -> None:
         super().stopService()
-        for upstream in self._upstreams.values():
+        for upstream in self._context.upstreams.values():
             upstream.connections.close_idle()
 
 
-class CertificateReloader(Service):
-    """On SIGHUP, re-reads every TLS listener's certificate files for new connections."""
+class SequentialMultiService(MultiService):
+    """Stops its children one after the other, last added first, each after the previous has finished.
 
-    def __init__(self, reactor, listeners: list[tuple[ServerTLS, TLSConfig]]) -> None:
+    Twisted's MultiService stops all children at once; the gateway must first
+    let its listeners finish the requests in flight, and only then stop the
+    backend processes those requests are waiting on.
+    """
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        def stop_next(_: object = None) -> Deferred | None:
+            if not children:
+                return None
+            return maybeDeferred(children.pop(0).stopService).addBoth(stop_next)
+
+        return maybeDeferred(stop_next)
+
+
+class ConfigReloader(Service):
+    """SIGHUP: re-read the configuration file and apply it for new requests.
+
+    Upstreams, servers, weights, balance policies, routes and certificates
+    change; requests and connections in flight keep what they started with.
+    Listeners, processes, the admin API and the access log need a restart
+    (a warning says so).  A file that does not validate is rejected with a
+    logged error and the running configuration keeps serving.
+    """
+
+    def __init__(self, reactor, config: GatewayConfig, live: LiveUpstreams,
+                 tls_listeners: dict[str, ServerTLS]) -> None:
         self._reactor = reactor
-        self._listeners = listeners
+        self._config = config
+        self._live = live
+        self._tls_listeners = tls_listeners
         self._previous_handler = None
 
     def startService(self) -> None:
@@ -100,16 +139,87 @@ class CertificateReloader(Service):
     def _on_signal(self, signum, frame) -> None:
         self._reactor.callFromThread(self.reload)
 
-    def reload(self) -> None:
-        for tls, config in self._listeners:
-            try:
-                tls.reload(config)
-            except ConfigError as error:
-                log.error("SIGHUP: certificates not reloaded, the previous ones keep serving: {error}",
-                          error=str(error))
-            else:
-                log.info("SIGHUP: reloaded {count} certificate(s): {files}", count=len(config.certificates),
-                         files=", ".join(item.cert for item in config.certificates))
+    def reload(self) -> Deferred:
+        path = self._config.source
+        log.info("SIGHUP: reloading {path}", path=path)
+        reading = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), load_config, path)
+        return reading.addCallbacks(self._apply, self._rejected)
+
+    def _rejected(self, failure) -> None:
+        failure.trap(ConfigError)
+        log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}",
+                  error=failure.getErrorMessage())
+
+    def _apply(self, config: GatewayConfig) -> None:
+        try:
+            for listener in config.listeners:
+                tls = self._tls_listeners.get(listener.name)
+                if tls is not None and listener.tls is not None:
+                    tls.reload(listener.tls)
+        except ConfigError as error:
+            log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}", error=str(error))
+            return
+        old = self._config
+        for what, before, after in (("listeners", old.listeners, config.listeners),
+                                    ("processes", old.processes, config.processes),
+                                    ("admin", old.admin, config.admin), ("access_log", old.access_log, config.access_log),
+                                    ("state_file", old.state_file, config.state_file)):
+            if _without_tls(before) != _without_tls(after):
+                log.warn("SIGHUP: changes to {what} take effect at the next restart", what=what)
+        self._live.apply_config(config)
+        self._config = config
+        log.info("SIGHUP: configuration reloaded: {upstreams} upstream(s), {routes} route(s)",
+                 upstreams=len(config.upstreams), routes=len(config.routes))
+
+
+def _without_tls(value):
+    """Listeners compared without their certificates, which a reload does apply."""
+    if isinstance(value, tuple) and value and isinstance(value[0], ListenerConfig):
+        return tuple(replace(listener, tls=None) for listener in value)
+    return value
+
+
+class AdminService(Service):
+    """The operator API on its own (loopback by default) listener."""
+
+    def __init__(self, reactor, config: AdminConfig, live: LiveUpstreams) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._live = live
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        from gateway.admin.api import build_admin_site
+
+        token = read_admin_token(self._config.token_file) if self._config.token_file else None
+        try:
+            self.port = self._reactor.listenTCP(self._config.port, build_admin_site(self._live, token),
+                                                interface=self._config.host)
+        except CannotListenError as error:
+            raise SystemExit(f"gateway: the admin API cannot listen on {self._config.host}:{self._config.port}: "
+                             f"{error.socketError}") from None
+        log.info("admin API on {host}:{port}{auth}", host=self._config.host, port=self.port.getHost().port,
+                 auth=" (bearer token required)" if token else "")
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def read_admin_token(path: str) -> str:
+    """The admin bearer token: the file's first line (start-up only: blocking)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            token = stream.readline().strip()
+    except OSError as error:
+        raise SystemExit(f"gateway: cannot read admin.token_file {path}: {error.strerror}") from None
+    if not token:
+        raise SystemExit(f"gateway: admin.token_file {path} is empty")
+    return token
 
 
 def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
@@ -132,8 +242,12 @@ def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
 
 
 def build_service(config: GatewayConfig, reactor) -> MultiService:
-    """All of the gateway for *config*, as one service for twistd to run."""
-    root = MultiService()
+    """All of the gateway for *config*, as one service for twistd to run.
+
+    Children start in this order and stop in the reverse one: processes,
+    access log, backend connections, listeners, SIGHUP reloader, admin API.
+    """
+    root = SequentialMultiService()
     if config.processes:
         build_process_monitor(config.processes, config.source, reactor).setServiceParent(root)
     access_log = None
@@ -141,21 +255,22 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
         writer = AccessLogWriter(config.access_log, reactor)
         writer.setServiceParent(root)
         access_log = writer.write
-    upstreams = {
-        name: Upstream(pool=UpstreamPool(upstream),
-                       connections=UpstreamConnections(reactor, upstream.keepalive_timeout,
-                                                       upstream.keepalive_connections))
-        for name, upstream in config.upstreams.items()
-    }
-    UpstreamConnectionsService(upstreams).setServiceParent(root)
-    context = ProxyContext(reactor=reactor, routes=RouteTable(config.routes), upstreams=upstreams,
-                           access_log=access_log)
-    tls_listeners: list[tuple[ServerTLS, TLSConfig]] = []
+    context = ProxyContext(reactor=reactor, routes=RouteTable(()), upstreams={}, access_log=access_log)
+    store = StateStore(reactor, config.state_file) if config.state_file else None
+    live = LiveUpstreams(reactor, context, config, read_live_changes(config.state_file), store)
+    live.apply_config(config)
+    UpstreamConnectionsService(context).setServiceParent(root)
+    # The listeners stop (and drain) together, before anything added earlier stops.
+    listeners = MultiService()
+    listeners.setServiceParent(root)
+    tls_listeners: dict[str, ServerTLS] = {}
     for listener in config.listeners:
         tls = build_tls(listener, config.source) if listener.tls is not None else None
         if tls is not None:
-            tls_listeners.append((tls, listener.tls))
-        ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls).setServiceParent(root)
-    if tls_listeners:
-        CertificateReloader(reactor, tls_listeners).setServiceParent(root)
+            tls_listeners[listener.name] = tls
+        ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls,
+                        config.shutdown_timeout).setServiceParent(listeners)
+    ConfigReloader(reactor, config, live, tls_listeners).setServiceParent(root)
+    if config.admin is not None:
+        AdminService(reactor, config.admin, live).setServiceParent(root)
     return root

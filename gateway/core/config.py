@@ -96,6 +96,13 @@ class ProcessConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    host: str
+    port: int
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: str
     listeners: tuple[ListenerConfig, ...]
@@ -103,6 +110,9 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...]
     processes: tuple[ProcessConfig, ...] = ()
     access_log: str | None = "-"
+    admin: AdminConfig | None = None
+    state_file: str | None = None  # where live changes are persisted (see gateway.core.state)
+    shutdown_timeout: float = 10.0  # seconds requests in flight get to finish on SIGTERM
 
 
 def format_address(host: str, port: int) -> str:
@@ -150,20 +160,33 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
     lines: dict[Path, int] = {}
+    validator = _Validator(source, lines)
     if node is not None:
-        _record_lines(node, (), lines)
-    return _Validator(source, lines).gateway(data)
+        _record_lines(node, (), node.start_mark.line + 1, lines, validator)
+    return validator.gateway(data)
 
 
-def _record_lines(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:
-    lines[path] = node.start_mark.line + 1
+def _record_lines(node: yaml.Node, path: Path, line: int, lines: dict[Path, int], validator: _Validator) -> None:
+    """Note the line of every key path (the key's own line), and refuse duplicate keys.
+
+    PyYAML keeps the last of two equal keys without a word, which would
+    silently drop, say, the first of two ``web:`` upstreams.
+    """
+    lines[path] = line
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
-                _record_lines(value_node, path + (key_node.value,), lines)
+                key_path = path + (key_node.value,)
+                key_line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    lines[key_path] = key_line
+                    raise validator.fail(key_path, "duplicate key: this key appears twice in the same mapping")
+                seen.add(key_node.value)
+                _record_lines(value_node, key_path, key_line, lines, validator)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_lines(item, path + (index,), lines)
+            _record_lines(item, path + (index,), item.start_mark.line + 1, lines, validator)
 
 
 def _type_name(value: Any) -> str:
@@ -224,7 +247,8 @@ class _Validator:
     # -- the schema ---------------------------------------------------------
 
     def gateway(self, data: Any) -> GatewayConfig:
-        top = self.mapping(data, (), ("listeners", "upstreams", "routes", "processes", "access_log"),
+        top = self.mapping(data, (), ("listeners", "upstreams", "routes", "processes", "access_log", "admin",
+                                      "state_file", "shutdown_timeout"),
                            required=("listeners", "upstreams", "routes"))
         listeners = self.each(top["listeners"], ("listeners",), self.listener)
         if not listeners:
@@ -247,8 +271,33 @@ class _Validator:
         access_log = top.get("access_log", "-")
         if access_log is not None:
             self.typed(access_log, ("access_log",), str, '"-" for standard output, a file path, or null')
+        admin = self.admin(top["admin"], ("admin",)) if top.get("admin") is not None else None
+        state_file = top.get("state_file")
+        if state_file is not None:
+            self.typed(state_file, ("state_file",), str, "a file path")
+        shutdown_timeout = self.number(top.get("shutdown_timeout", 10), ("shutdown_timeout",),
+                                       "a number of seconds > 0")
         return GatewayConfig(source=self.source, listeners=listeners, upstreams=upstreams,
-                             routes=routes, processes=processes, access_log=access_log)
+                             routes=routes, processes=processes, access_log=access_log, admin=admin,
+                             state_file=state_file, shutdown_timeout=shutdown_timeout)
+
+    def admin(self, value: Any, path: Path) -> AdminConfig:
+        data = self.mapping(value, path, ("listen", "token_file"))
+        listen = self.typed(data.get("listen", "127.0.0.1:8099"), path + ("listen",), str,
+                            'an address like "127.0.0.1:8099"')
+        try:
+            host, port = parse_address(listen)
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError as error:
+            raise self.fail(path + ("listen",), f'expected an IP address and port like "127.0.0.1:8099" '
+                            f"({error}), got {listen!r}") from None
+        token_file = data.get("token_file")
+        if token_file is not None:
+            self.typed(token_file, path + ("token_file",), str, "a file path")
+        elif not loopback:
+            raise self.fail(path + ("listen",), f"the admin API may listen on {host}, which is not a loopback "
+                            "address, only when admin.token_file is set")
+        return AdminConfig(host=host, port=port, token_file=token_file)
 
     def unique(self, items: list[tuple[Any, Path]], what: str) -> None:
         seen: set[Any] = set()

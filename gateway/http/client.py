@@ -65,6 +65,7 @@ class HTTP11ClientProtocol(Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._head_request = False
         self._head_done = False
+        self._lost = False
         self._chunked_body = False
         self._reason = b""
         self._headers: Headers = []
@@ -96,7 +97,13 @@ class HTTP11ClientProtocol(Protocol):
             # message is finished here and the parser replaced.
             self._finish(self._parser.should_keep_alive())
 
+    @property
+    def usable(self) -> bool:
+        """Connected and not closing: may carry a request."""
+        return self.transport is not None and not self._lost and not self.transport.disconnecting
+
     def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         self.idle_timer = None

@@ -63,7 +63,7 @@ class UpstreamConnections:
             if connection.idle_timer is not None:
                 connection.idle_timer.cancel()
                 connection.idle_timer = None
-            if connection.connected:
+            if connection.usable:
                 ready(connection, True)
                 return
         self._reactor.connectTCP(server.host, server.port, _ConnectAttempt(ready, failed),
@@ -72,24 +72,30 @@ class UpstreamConnections:
     def release(self, server: ServerState, connection: HTTP11ClientProtocol) -> None:
         """Keep a connection whose last response was read completely, for the next request."""
         idle = self._idle.setdefault(server.address, [])
-        if len(idle) >= self.keepalive_connections or not connection.connected:
+        if len(idle) >= self.keepalive_connections or not connection.usable:
             connection.transport.loseConnection()
             return
         connection.gate.clear()  # keep reading, so that a close by the backend is noticed
         connection.on_idle_lost = lambda conn: self._forget(server.address, conn)
-        connection.idle_timer = self._reactor.callLater(self.keepalive_timeout, connection.transport.loseConnection)
+        connection.idle_timer = self._reactor.callLater(self.keepalive_timeout, self._expire, server.address,
+                                                        connection)
         idle.append(connection)
 
-    def close_idle(self) -> None:
-        """Close every idle connection (on shutdown, or when servers change)."""
-        for idle in self._idle.values():
-            for connection in idle:
+    def close_idle(self, address: str | None = None) -> None:
+        """Close the idle connections to one server (that left the pool), or to all (on shutdown)."""
+        addresses = [address] if address is not None else list(self._idle)
+        for key in addresses:
+            for connection in self._idle.pop(key, ()):
                 connection.on_idle_lost = None
                 connection.transport.loseConnection()
-        self._idle.clear()
 
     def idle_count(self, address: str) -> int:
         return len(self._idle.get(address, ()))
+
+    def _expire(self, address: str, connection: HTTP11ClientProtocol) -> None:
+        connection.idle_timer = None
+        self._forget(address, connection)
+        connection.transport.loseConnection()
 
     def _forget(self, address: str, connection: HTTP11ClientProtocol) -> None:
         idle = self._idle.get(address)

@@ -61,6 +61,18 @@ class Upstream:
 
     pool: UpstreamPool
     connections: UpstreamConnections
+    #: Told ``(upstream name, address)`` when a removed server has finished draining.
+    on_server_gone: Callable[[str, str], None] | None = None
+
+    def request_finished(self, server: ServerState) -> None:
+        self.servers_gone(self.pool.request_finished(server))
+
+    def servers_gone(self, addresses: list[str]) -> None:
+        """Carry out what the pool decided: servers that left close their idle connections."""
+        for address in addresses:
+            self.connections.close_idle(address)
+            if self.on_server_gone is not None:
+                self.on_server_gone(self.pool.name, address)
 
 
 @dataclass
@@ -184,7 +196,7 @@ class ProxyExchange:
         if connection is not None:
             connection.abort()
         if self._server is not None:
-            self._upstream.pool.request_finished(self._server)
+            self._upstream.request_finished(self._server)
         self._record.status = self._record.status or 499  # nginx's "client closed request"
         write_access_log(self._context, self._record)
 
@@ -213,7 +225,7 @@ class ProxyExchange:
         log.warn("cannot connect to {server} of upstream {upstream}: {error}", server=server.address,
                  upstream=self._upstream.pool.name, error=reason.getErrorMessage())
         self._upstream.pool.connect_failed(server)
-        self._upstream.pool.request_finished(server)
+        self._upstream.request_finished(server)
         self._try_next_server()
 
     def _connection_ready(self, connection: HTTP11ClientProtocol, reused: bool) -> None:
@@ -263,13 +275,14 @@ class ProxyExchange:
         self._finished = True
         self._connection = None
         server = self._server
-        self._upstream.pool.request_finished(server)
+        self._upstream.request_finished(server)
         self._sink.unregister_producer()
         if not self._body_done:
             # The backend answered before reading the whole request: the connection
             # is out of step, and the client side stops sending into it.
             connection.transport.unregisterProducer()
             self._sink.read_gate.resume("connecting")
+            self._sink.read_gate.resume(BACKPRESSURE)
             reusable = False
         if reusable:
             self._upstream.connections.release(server, connection)
@@ -292,7 +305,7 @@ class ProxyExchange:
             log.warn("backend {server} closed the connection mid-response: {error}", server=server.address,
                      error=error)
             self._finished = True
-            self._upstream.pool.request_finished(server)
+            self._upstream.request_finished(server)
             self._sink.unregister_producer()
             self._sink.abort_response()
             write_access_log(self._context, self._record)
@@ -304,7 +317,7 @@ class ProxyExchange:
             return
         log.warn("backend {server} failed before responding: {error}", server=server.address, error=error)
         self._upstream.pool.connect_failed(server)
-        self._upstream.pool.request_finished(server)
+        self._upstream.request_finished(server)
         self._respond_error(502, b"Bad Gateway", "the backend server failed to respond")
 
     def _can_replay(self) -> bool:

@@ -17,7 +17,9 @@ import re
 from collections import deque
 
 import httptools
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,8 +54,10 @@ class HTTP11ServerProtocol(Protocol):
     """One client connection."""
 
     def __init__(self, context: ProxyContext, scheme: str, redirect: RedirectConfig | None = None,
-                 response_headers: Headers = ()) -> None:
+                 response_headers: Headers = (), connections: set | None = None) -> None:
         self._context = context
+        self._connections = connections if connections is not None else set()
+        self._draining = False  # the gateway is shutting down: finish in-flight work, then close
         self._scheme = scheme
         self._redirect = redirect
         self._response_headers = list(response_headers)  # added to every response (HSTS)
@@ -69,6 +73,7 @@ class HTTP11ServerProtocol(Protocol):
     # -- Twisted ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._connections.add(self)
         self.transport.setTcpNoDelay(True)
         self.read_gate = ReadGate(self.transport)
         self._client_ip = self.transport.getPeer().host
@@ -90,10 +95,12 @@ class HTTP11ServerProtocol(Protocol):
                 self._protocol_error(500, b"Internal Server Error", "internal error")
                 return
             except httptools.HttpParserError as error:
-                self._protocol_error(400, b"Bad Request", f"malformed request: {error}")
+                if not self._closing:  # after a refused request, nothing more is answered
+                    self._protocol_error(400, b"Bad Request", f"malformed request: {error}")
                 return
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self._connections.discard(self)
         self._closing = True
         pending = list(self._exchanges)
         if self._reading is not None and self._reading not in pending:
@@ -116,6 +123,8 @@ class HTTP11ServerProtocol(Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._closing:
+            return  # llhttp parses the whole buffer: requests behind a refused one are ignored
         parser = self._parser
         headers = self._headers
         target = b"".join(self._url_parts)
@@ -145,13 +154,16 @@ class HTTP11ServerProtocol(Protocol):
             query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
             headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
             scheme=self._scheme, keep_alive=parser.should_keep_alive(),
-            body=CHUNKED if chunked else (FIXED_LENGTH if content_length else NO_BODY),
-            content_length=content_length, expect_continue=expect_continue and version == b"1.1",
+            body=CHUNKED if chunked else (FIXED_LENGTH if content_length is not None else NO_BODY),
+            content_length=content_length,
+            expect_continue=expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
         record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(),
                               request_line=head.request_line, referer=referer.decode("latin-1"),
                               user_agent=user_agent.decode("latin-1"))
         problem = self._refusal(head, hosts)
+        if problem is None and self._draining:
+            problem = 503, b"Service Unavailable", "the gateway is shutting down"
         if problem is not None:
             status, reason, text = problem
             self._closing = True
@@ -184,7 +196,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def send_head(self, head: RequestHead | None, status: int, reason: bytes, headers: Headers, body: int,
                   content_length: int | None) -> None:
-        keep_alive = head is not None and head.keep_alive and not self._closing
+        keep_alive = head is not None and head.keep_alive and not self._closing and not self._draining
         chunked = False
         framing: Headers = []
         if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
@@ -229,6 +241,14 @@ class HTTP11ServerProtocol(Protocol):
             self.read_gate.resume("pipeline")  # the next request may be read (its body included)
         if self._exchanges:
             self._start(self._exchanges[0])
+        elif self._draining and self._reading is None:
+            self.transport.loseConnection()
+
+    def shut_down(self) -> None:
+        """Graceful shutdown: let the requests in flight finish, then close; close at once if idle."""
+        self._draining = True
+        if not self._exchanges and self._reading is None:
+            self.transport.loseConnection()
 
     def abort_response(self) -> None:
         """The response cannot be completed: close, so that the client sees it was cut short."""
@@ -315,6 +335,7 @@ class HTTP11ServerFactory(Factory):
     noisy = False
 
     def __init__(self, context: ProxyContext, listener: ListenerConfig) -> None:
+        self.connections: set[HTTP11ServerProtocol] = set()
         self.context = context
         self.scheme = "https" if listener.tls is not None else "http"
         self.redirect = listener.redirect
@@ -323,4 +344,26 @@ class HTTP11ServerFactory(Factory):
             self.response_headers.append((b"Strict-Transport-Security", b"max-age=%d" % listener.tls.hsts))
 
     def buildProtocol(self, addr) -> HTTP11ServerProtocol:
-        return HTTP11ServerProtocol(self.context, self.scheme, self.redirect, self.response_headers)
+        return HTTP11ServerProtocol(self.context, self.scheme, self.redirect, self.response_headers,
+                                    self.connections)
+
+    def shut_down(self, clock, timeout: float) -> Deferred:
+        """Close every connection once its requests in flight are done; abort what is left after *timeout*."""
+        finished: Deferred = Deferred()
+        for connection in list(self.connections):
+            connection.shut_down()
+
+        def check() -> None:
+            if not self.connections or clock.seconds() >= deadline:
+                poll.stop()
+                for connection in list(self.connections):
+                    log.warn("shutdown: aborting a connection whose request did not finish in {timeout} s",
+                             timeout=timeout)
+                    connection.transport.abortConnection()
+                finished.callback(None)
+
+        deadline = clock.seconds() + timeout
+        poll = LoopingCall(check)
+        poll.clock = clock
+        poll.start(0.05, now=True)
+        return finished
