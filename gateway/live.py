@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -87,7 +88,7 @@ def describe_upstream(pool: UpstreamPool) -> dict[str, Any]:
 
 
 def describe_server(server) -> dict[str, Any]:
-    return {"address": server.address, "weight": server.weight, "state": server.state,
+    return {"address": server.address, "weight": server.weight, "state": server.status,
             "active_requests": server.active, "total_requests": server.total,
             "recent_failures": server.failures, "removing": server.removing}
 
@@ -116,9 +117,12 @@ class LiveUpstreams:
             if upstream is None:
                 upstream = self._new_upstream(upstream_config)
                 upstreams[name] = upstream
+            upstream.config = upstream_config
             upstream.pool.set_balance(upstream_config.balance)
+            upstream.pool.set_passive_health(upstream_config.max_fails, upstream_config.fail_timeout)
             upstream.connections.keepalive_timeout = upstream_config.keepalive_timeout
             upstream.connections.keepalive_connections = upstream_config.keepalive_connections
+            upstream.connections.connect_timeout = upstream_config.connect_timeout
             upstream.servers_gone(upstream.pool.set_servers(self._changes.effective_servers(upstream_config)))
         for name in [name for name in upstreams if name not in config.upstreams]:
             # Requests already on it finish on the objects they hold; new ones cannot route there.
@@ -129,9 +133,10 @@ class LiveUpstreams:
         self._config = config
 
     def _new_upstream(self, config: UpstreamConfig) -> Upstream:
-        pool = UpstreamPool(UpstreamConfig(name=config.name, servers=(), balance=config.balance))
-        connections = UpstreamConnections(self._reactor, config.keepalive_timeout, config.keepalive_connections)
-        return Upstream(pool=pool, connections=connections, on_server_gone=self._server_gone)
+        pool = UpstreamPool(replace(config, servers=()))
+        connections = UpstreamConnections(self._reactor, config.keepalive_timeout, config.keepalive_connections,
+                                          config.connect_timeout)
+        return Upstream(pool=pool, connections=connections, config=config, on_server_gone=self._server_gone)
 
     # -- operators ---------------------------------------------------------------------
 

@@ -49,12 +49,30 @@ class RedirectConfig:
 
 
 @dataclass(frozen=True)
+class ClientTimeouts:
+    """Client-side timeouts of a listener, in seconds."""
+
+    header: float = 10.0  # from the first byte of a request (or the connection) to the end of its head
+    idle: float = 75.0  # an idle keep-alive connection between requests
+    body: float = 60.0  # between two reads of a request body
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_header_bytes: int = 16384  # request line + header block (414 / 431 beyond)
+    max_headers: int = 100  # header fields per request (431 beyond)
+    max_connections: int = 10000  # open client connections on the listener; more are closed at once
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     port: int
     interface: str = "0.0.0.0"
     tls: TLSConfig | None = None
     redirect: RedirectConfig | None = None
+    timeouts: ClientTimeouts = ClientTimeouts()
+    limits: ClientLimits = ClientLimits()
 
 
 @dataclass(frozen=True)
@@ -62,11 +80,25 @@ class ServerConfig:
     host: str
     port: int
     weight: int = 1
+    max_fails: int | None = None  # None: the upstream's
+    fail_timeout: float | None = None  # None: the upstream's
 
     @property
     def address(self) -> str:
         """The ``host:port`` form used in the YAML, the logs and the admin API."""
         return format_address(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """Active health checks: GET *path* on every server each *interval* seconds."""
+
+    path: str = "/healthz"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2  # consecutive passes that bring a server back
+    fall: int = 3  # consecutive failures that take it out
+    expect: int = 200  # the status a healthy server answers
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,16 @@ class UpstreamConfig:
     keepalive_timeout: float = 1.5
     #: Idle connections kept per backend server.
     keepalive_connections: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0  # between two reads of a backend's response
+    retries: int | None = None  # extra tries on other servers; None: as many as there are other servers
+    retry_timeout: float = 10.0  # no new try once this long has passed since the first
+    #: Passive health (nginx's max_fails/fail_timeout): this many failures within
+    #: fail_timeout take a server out for fail_timeout.  0 turns it off.
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    fail_statuses: tuple[int, ...] = ()  # backend statuses that count as failures (e.g. 502, 503, 504)
+    health: HealthCheckConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,7 @@ class RouteConfig:
     upstream: str
     host: str | None = None
     strip_prefix: bool = False
+    max_body_size: int | None = None  # bytes; larger request bodies get 413
 
 
 @dataclass(frozen=True)
@@ -117,6 +160,27 @@ class GatewayConfig:
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 2, 0.5, "500ms", "2s", "1m" or "1h"; None when it is not a duration > 0."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit in ("ms", "s", "m", "h"):
+            if text.endswith(unit):
+                try:
+                    number = float(text[: -len(unit)])
+                except ValueError:
+                    return None
+                return number * _DURATION_UNITS[unit] if number > 0 else None
+    return None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -315,7 +379,8 @@ class _Validator:
 
     def listener(self, value: Any, path: Path) -> ListenerConfig:
         data = self.mapping(value, path, ("name", "port", "interface", "tls", "redirect_https",
-                                          "redirect_status_other", "redirect_exempt"), required=("port",))
+                                          "redirect_status_other", "redirect_exempt", "timeouts", "limits"),
+                            required=("port",))
         port = self.integer(data["port"], path + ("port",), 0, 65535)
         interface = self.typed(data.get("interface", "0.0.0.0"), path + ("interface",), str,
                                "an IP address such as 127.0.0.1")
@@ -341,7 +406,27 @@ class _Validator:
             for key in ("redirect_status_other", "redirect_exempt"):
                 if key in data:
                     raise self.fail(path + (key,), "only meaningful together with redirect_https")
-        return ListenerConfig(name=name, port=port, interface=interface, tls=tls, redirect=redirect)
+        timeouts_data = self.mapping(data.get("timeouts", {}), path + ("timeouts",), ("header", "idle", "body"))
+        defaults = ClientTimeouts()
+        timeouts = ClientTimeouts(**{key: self.duration(timeouts_data.get(key, getattr(defaults, key)),
+                                                        path + ("timeouts", key))
+                                     for key in ("header", "idle", "body")})
+        limits_data = self.mapping(data.get("limits", {}), path + ("limits",),
+                                   ("max_header_bytes", "max_headers", "max_connections"))
+        default_limits = ClientLimits()
+        limits = ClientLimits(**{key: self.integer(limits_data.get(key, getattr(default_limits, key)),
+                                                   path + ("limits", key), 1)
+                                 for key in ("max_header_bytes", "max_headers", "max_connections")})
+        return ListenerConfig(name=name, port=port, interface=interface, tls=tls, redirect=redirect,
+                              timeouts=timeouts, limits=limits)
+
+    def duration(self, value: Any, path: Path) -> float:
+        """Seconds, as a number or a string like "500ms", "2s", "1m"."""
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise self.fail(path, f'expected a duration > 0 in seconds (a number, or "500ms", "2s", "1m"), '
+                            f"got {_type_name(value)} {value!r}")
+        return seconds
 
     def tls(self, value: Any, path: Path) -> TLSConfig:
         data = self.mapping(value, path, ("certificates", "min_version", "hsts", "self_signed"),
@@ -366,6 +451,12 @@ class _Validator:
         key = self.typed(data["key"], path + ("key",), str, "a private key file path")
         return CertificateConfig(cert=cert, key=key)
 
+    def request_target(self, value: Any, path: Path) -> str:
+        target = self.typed(value, path, str, "a path starting with /")
+        if not target.startswith("/") or any(c.isspace() or not c.isprintable() for c in target):
+            raise self.fail(path, f"expected a path starting with / (an optional ?query allowed), got {target!r}")
+        return target
+
     def path_prefix(self, value: Any, path: Path) -> str:
         prefix = self.typed(value, path, str, "a path starting with /")
         if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "?" in prefix:
@@ -373,8 +464,9 @@ class _Validator:
         return prefix
 
     def upstream(self, name: str, value: Any, path: Path) -> UpstreamConfig:
-        data = self.mapping(value, path, ("balance", "servers", "keepalive_timeout",
-                                          "keepalive_connections"), required=("servers",))
+        data = self.mapping(value, path, ("balance", "servers", "keepalive_timeout", "keepalive_connections",
+                                          "timeouts", "retries", "retry_timeout", "max_fails", "fail_timeout",
+                                          "fail_statuses", "health"), required=("servers",))
         balance = self.typed(data.get("balance", "round_robin"), path + ("balance",), str,
                              "one of " + ", ".join(BALANCE_POLICIES))
         if balance not in BALANCE_POLICIES:
@@ -387,12 +479,36 @@ class _Validator:
                                         "a number of seconds > 0")
         keepalive_connections = self.integer(data.get("keepalive_connections", 32),
                                              path + ("keepalive_connections",), 0)
-        return UpstreamConfig(name=name, servers=servers, balance=balance,
-                              keepalive_timeout=keepalive_timeout,
-                              keepalive_connections=keepalive_connections)
+        timeouts = self.mapping(data.get("timeouts", {}), path + ("timeouts",), ("connect", "read"))
+        retries = data.get("retries")
+        if retries is not None:
+            retries = self.integer(retries, path + ("retries",), 0)
+        fail_statuses = self.each(data.get("fail_statuses", []), path + ("fail_statuses",),
+                                  lambda v, p: self.integer(v, p, 500, 599))
+        health = self.health(data["health"], path + ("health",)) if data.get("health") is not None else None
+        return UpstreamConfig(
+            name=name, servers=servers, balance=balance, keepalive_timeout=keepalive_timeout,
+            keepalive_connections=keepalive_connections,
+            connect_timeout=self.duration(timeouts.get("connect", 5), path + ("timeouts", "connect")),
+            read_timeout=self.duration(timeouts.get("read", 60), path + ("timeouts", "read")),
+            retries=retries, retry_timeout=self.duration(data.get("retry_timeout", 10), path + ("retry_timeout",)),
+            max_fails=self.integer(data.get("max_fails", 1), path + ("max_fails",), 0),
+            fail_timeout=self.duration(data.get("fail_timeout", 10), path + ("fail_timeout",)),
+            fail_statuses=fail_statuses, health=health)
+
+    def health(self, value: Any, path: Path) -> HealthCheckConfig:
+        data = self.mapping(value, path, ("path", "interval", "timeout", "rise", "fall", "expect"))
+        defaults = HealthCheckConfig()
+        return HealthCheckConfig(
+            path=self.request_target(data.get("path", defaults.path), path + ("path",)),
+            interval=self.duration(data.get("interval", defaults.interval), path + ("interval",)),
+            timeout=self.duration(data.get("timeout", defaults.timeout), path + ("timeout",)),
+            rise=self.integer(data.get("rise", defaults.rise), path + ("rise",), 1),
+            fall=self.integer(data.get("fall", defaults.fall), path + ("fall",), 1),
+            expect=self.integer(data.get("expect", defaults.expect), path + ("expect",), 100, 599))
 
     def server(self, value: Any, path: Path) -> ServerConfig:
-        data = self.mapping(value, path, ("address", "weight"), required=("address",))
+        data = self.mapping(value, path, ("address", "weight", "max_fails", "fail_timeout"), required=("address",))
         address = self.typed(data["address"], path + ("address",), str, 'an address like "127.0.0.1:8001"')
         try:
             host, port = parse_address(address)
@@ -400,10 +516,12 @@ class _Validator:
             raise self.fail(path + ("address",),
                             f'expected an address like "127.0.0.1:8001" ({error}), got {address!r}') from None
         weight = self.integer(data.get("weight", 1), path + ("weight",), 1)
-        return ServerConfig(host=host, port=port, weight=weight)
+        max_fails = self.integer(data["max_fails"], path + ("max_fails",), 0) if "max_fails" in data else None
+        fail_timeout = self.duration(data["fail_timeout"], path + ("fail_timeout",)) if "fail_timeout" in data else None
+        return ServerConfig(host=host, port=port, weight=weight, max_fails=max_fails, fail_timeout=fail_timeout)
 
     def route(self, value: Any, path: Path, upstreams: Mapping[str, UpstreamConfig]) -> RouteConfig:
-        data = self.mapping(value, path, ("path", "upstream", "host", "strip_prefix"),
+        data = self.mapping(value, path, ("path", "upstream", "host", "strip_prefix", "max_body_size"),
                             required=("path", "upstream"))
         prefix = self.path_prefix(data["path"], path + ("path",))
         upstream = self.typed(data["upstream"], path + ("upstream",), str, "an upstream name")
@@ -416,7 +534,11 @@ class _Validator:
             host = self.typed(host, path + ("host",), str, "a host name").lower()
         strip_prefix = self.typed(data.get("strip_prefix", False), path + ("strip_prefix",), bool,
                                   "true or false")
-        return RouteConfig(path=prefix, upstream=upstream, host=host, strip_prefix=strip_prefix)
+        max_body_size = data.get("max_body_size")
+        if max_body_size is not None:
+            max_body_size = self.integer(max_body_size, path + ("max_body_size",), 0)
+        return RouteConfig(path=prefix, upstream=upstream, host=host, strip_prefix=strip_prefix,
+                           max_body_size=max_body_size)
 
     def process(self, name: Any, value: Any, path: Path) -> ProcessConfig:
         self.name(name, path)

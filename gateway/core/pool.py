@@ -30,18 +30,32 @@ DRAINING = "draining"
 class ServerState:
     """One backend server as the balancer and the operators see it."""
 
-    __slots__ = ("host", "port", "address", "weight", "state", "active", "total", "failures", "removing")
+    __slots__ = ("host", "port", "address", "weight", "state", "active", "total", "failures", "removing",
+                 "max_fails", "fail_timeout", "recent_failures", "window_start", "down_until", "healthy")
 
-    def __init__(self, config: ServerConfig, state: str = UP) -> None:
+    def __init__(self, config: ServerConfig, state: str = UP, max_fails: int = 1, fail_timeout: float = 10.0) -> None:
         self.host = config.host
         self.port = config.port
         self.address = config.address
         self.weight = config.weight
-        self.state = state
+        self.state = state  # the operator's word: up or draining
         self.active = 0  # requests in flight
         self.total = 0  # requests started since the gateway started
-        self.failures = 0  # connections that failed
+        self.failures = 0  # failures since the gateway started
         self.removing = False  # leaves the pool once its active requests are done
+        self.max_fails = config.max_fails if config.max_fails is not None else max_fails
+        self.fail_timeout = config.fail_timeout if config.fail_timeout is not None else fail_timeout
+        self.recent_failures = 0  # failures in the current fail_timeout window
+        self.window_start = 0.0
+        self.down_until = 0.0  # passive health: out of rotation until then
+        self.healthy = True  # active health checks' verdict
+
+    @property
+    def status(self) -> str:
+        """What operators see: ``down`` (failing), ``draining`` or ``up``."""
+        if not self.healthy or self.down_until:
+            return DOWN
+        return self.state
 
     def __repr__(self) -> str:
         return f"<ServerState {self.address} weight={self.weight} {self.state} active={self.active}>"
@@ -53,18 +67,31 @@ class UpstreamPool:
     def __init__(self, config: UpstreamConfig) -> None:
         self.name = config.name
         self.balance = config.balance
+        self.max_fails = config.max_fails
+        self.fail_timeout = config.fail_timeout
         self._balancer = make_balancer(config.balance)
-        self.servers: list[ServerState] = [ServerState(server) for server in config.servers]
+        self.servers: list[ServerState] = [self._new_server(server) for server in config.servers]
         self._available: list[ServerState] = []
+        self._fallback: list[ServerState] = []  # passively down: tried when nothing else is left
+        self._next_revival = float("inf")  # the earliest down_until among the servers
         self._refresh()
 
     # -- the request path -------------------------------------------------------------
 
-    def choose(self, client_key: str, tried: Collection[ServerState] = ()) -> ServerState | None:
-        """The server for the next request, or None when no untried server is available."""
-        candidates = self._available
+    def choose(self, client_key: str, tried: Collection[ServerState] = (), now: float = 0.0) -> ServerState | None:
+        """The server for the next request, or None when no untried server is available.
+
+        Servers that passive health took out are used only when every other
+        one is out too (as nginx does): better a server that failed a moment
+        ago than a certain 502.
+        """
+        if now >= self._next_revival:
+            self._revive(now)
+        candidates = self._available or self._fallback
         if tried:
             candidates = [server for server in candidates if server not in tried]
+            if not candidates and self._available:
+                candidates = [server for server in self._fallback if server not in tried]
         if not candidates:
             return None
         return self._balancer.choose(candidates, client_key)  # type: ignore[return-value]
@@ -72,7 +99,7 @@ class UpstreamPool:
     @property
     def is_empty(self) -> bool:
         """True when the upstream has no server that may take requests at all."""
-        return not self._available
+        return not self._available and not self._fallback
 
     def request_started(self, server: ServerState) -> None:
         server.active += 1
@@ -85,8 +112,31 @@ class UpstreamPool:
             return self._drop(server)
         return []
 
-    def connect_failed(self, server: ServerState) -> None:
+    def record_failure(self, server: ServerState, now: float) -> bool:
+        """Passive health: count a failure; True when it takes the server out for fail_timeout."""
         server.failures += 1
+        if now - server.window_start > server.fail_timeout:
+            server.window_start = now
+            server.recent_failures = 0
+        server.recent_failures += 1
+        if server.max_fails and server.recent_failures >= server.max_fails and not server.down_until:
+            server.down_until = now + server.fail_timeout
+            self._refresh()
+            return True
+        return False
+
+    def record_success(self, server: ServerState) -> None:
+        if server.recent_failures:
+            server.recent_failures = 0
+
+    def set_healthy(self, address: str, healthy: bool) -> bool:
+        """Active health checks' verdict; True when it changed."""
+        server = self.server(address)
+        if server is None or server.healthy == healthy:
+            return False
+        server.healthy = healthy
+        self._refresh()
+        return True
 
     # -- membership -------------------------------------------------------------------
 
@@ -107,7 +157,7 @@ class UpstreamPool:
             existing.state = state
             self._refresh()
             return existing
-        server = ServerState(config, state)
+        server = self._new_server(config, state)
         self.servers.append(server)
         self._refresh()
         return server
@@ -173,5 +223,22 @@ class UpstreamPool:
         self._refresh()
         return [server.address]
 
+    def _new_server(self, config: ServerConfig, state: str = UP) -> ServerState:
+        return ServerState(config, state, self.max_fails, self.fail_timeout)
+
+    def set_passive_health(self, max_fails: int, fail_timeout: float) -> None:
+        """New upstream defaults (on reload); servers keep their own overrides."""
+        self.max_fails, self.fail_timeout = max_fails, fail_timeout
+
+    def _revive(self, now: float) -> None:
+        for server in self.servers:
+            if server.down_until and server.down_until <= now:
+                server.down_until = 0.0
+                server.recent_failures = 0
+        self._refresh()
+
     def _refresh(self) -> None:
-        self._available = [server for server in self.servers if server.state == UP and not server.removing]
+        usable = [server for server in self.servers if server.state == UP and not server.removing and server.healthy]
+        self._available = [server for server in usable if not server.down_until]
+        self._fallback = [server for server in usable if server.down_until]
+        self._next_revival = min((server.down_until for server in self._fallback), default=float("inf"))

@@ -81,7 +81,7 @@ class LiveChanges:
         document = {"version": STATE_VERSION, "upstreams": {
             name: {address: change.to_json() for address, change in changes.items()}
             for name, changes in self.upstreams.items()}}
-        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+        return json.dumps(document, indent=2) + "\n"  # insertion order: servers keep the order added
 
     @classmethod
     def from_json(cls, text: str, source: str) -> LiveChanges:

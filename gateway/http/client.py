@@ -31,6 +31,8 @@ class ResponseHandler(TypingProtocol):
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None: ...
 
+    def upstream_timed_out(self, connection: HTTP11ClientProtocol) -> None: ...
+
 
 def response_framing(status: int, headers: Headers, head_request: bool) -> tuple[int, int | None]:
     """How the body of a response with these headers is delimited (RFC 9112 section 6.3)."""
@@ -54,7 +56,8 @@ def response_framing(status: int, headers: Headers, head_request: bool) -> tuple
 class HTTP11ClientProtocol(Protocol):
     """One connection to a backend server, reused for request after request."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None) -> None:
+        self.clock = clock  # for the read timeout; None: no timeout
         self.handler: ResponseHandler | None = None
         self.gate: ReadGate | None = None
         self.connected_handler = None  # set by the connection pool while connecting
@@ -70,6 +73,9 @@ class HTTP11ClientProtocol(Protocol):
         self._reason = b""
         self._headers: Headers = []
         self._body_framing = NO_BODY
+        self._read_timeout = 0.0
+        self._read_timer = None
+        self._last_read = 0.0
 
     # -- Twisted ------------------------------------------------------------
 
@@ -87,6 +93,8 @@ class HTTP11ClientProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.response_started = True
+        if self._read_timer is not None:
+            self._last_read = self.clock.seconds()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -104,6 +112,7 @@ class HTTP11ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
+        self._stop_read_timer()
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         self.idle_timer = None
@@ -118,9 +127,20 @@ class HTTP11ClientProtocol(Protocol):
 
     # -- used by the exchange --------------------------------------------------
 
-    def send_request(self, handler: ResponseHandler, head: bytes, head_request: bool, chunked_body: bool) -> None:
-        """Write a request head; the body (if any) follows through :meth:`write_body`."""
+    def send_request(self, handler: ResponseHandler, head: bytes, head_request: bool, chunked_body: bool,
+                     read_timeout: float = 0.0) -> None:
+        """Write a request head; the body (if any) follows through :meth:`write_body`.
+
+        With a *read_timeout*, the handler is told ``upstream_timed_out`` when
+        the backend sends nothing for that long (unless it is the client that
+        is not reading).
+        """
         self.handler = handler
+        if read_timeout and self.clock is not None:
+            self._read_timeout = read_timeout
+            self._last_read = self.clock.seconds()
+            if self._read_timer is None:
+                self._read_timer = self.clock.callLater(read_timeout, self._check_read_timeout)
         self.response_started = False
         self.requests_sent += 1
         self._head_request = head_request
@@ -144,6 +164,7 @@ class HTTP11ClientProtocol(Protocol):
 
     def abort(self) -> None:
         """Drop the connection without telling the handler (it is going away)."""
+        self._stop_read_timer()
         self.handler = None
         self.transport.abortConnection()
 
@@ -181,13 +202,36 @@ class HTTP11ClientProtocol(Protocol):
 
     # -- internals ------------------------------------------------------------
 
+    def _check_read_timeout(self) -> None:
+        self._read_timer = None
+        if self.handler is None:
+            return
+        now = self.clock.seconds()
+        if self.gate is not None and self.gate.paused:
+            self._last_read = now  # the client is not reading: the backend is not to blame
+        remaining = self._last_read + self._read_timeout - now
+        if remaining > 0:
+            self._read_timer = self.clock.callLater(remaining, self._check_read_timeout)
+            return
+        handler, self.handler = self.handler, None
+        self.transport.abortConnection()
+        handler.upstream_timed_out(self)
+
+    def _stop_read_timer(self) -> None:
+        if self._read_timer is not None:
+            if self._read_timer.active():
+                self._read_timer.cancel()
+            self._read_timer = None
+
     def _finish(self, keep_alive: bool) -> None:
+        self._stop_read_timer()
         handler, self.handler = self.handler, None
         self._head_done = False
         if handler is not None:
             handler.response_finished(self, keep_alive)
 
     def _fail(self, reason: str) -> None:
+        self._stop_read_timer()
         handler, self.handler = self.handler, None
         self.transport.abortConnection()
         if handler is not None:

@@ -27,12 +27,13 @@ class _ConnectAttempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, ready: ReadyCallback, failed: FailedCallback) -> None:
+    def __init__(self, ready: ReadyCallback, failed: FailedCallback, clock) -> None:
         self._ready = ready
         self._failed = failed
+        self._clock = clock
 
     def buildProtocol(self, addr) -> HTTP11ClientProtocol:
-        connection = HTTP11ClientProtocol()
+        connection = HTTP11ClientProtocol(self._clock)
         connection.connected_handler = lambda conn: self._ready(conn, False)
         return connection
 
@@ -66,7 +67,7 @@ class UpstreamConnections:
             if connection.usable:
                 ready(connection, True)
                 return
-        self._reactor.connectTCP(server.host, server.port, _ConnectAttempt(ready, failed),
+        self._reactor.connectTCP(server.host, server.port, _ConnectAttempt(ready, failed, self._reactor),
                                  timeout=self.connect_timeout)
 
     def release(self, server: ServerState, connection: HTTP11ClientProtocol) -> None:

@@ -20,7 +20,9 @@ from twisted.python.failure import Failure
 from gateway.core.accesslog import AccessRecord
 from gateway.core.headers import Headers, downstream_response_headers, serialize_headers, upstream_request_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead
+from gateway.core.config import RouteConfig, UpstreamConfig
 from gateway.core.pool import ServerState, UpstreamPool
+from gateway.core.retry import may_resend, may_try_again
 from gateway.core.routing import RouteTable, strip_route_prefix
 from gateway.http.client import HTTP11ClientProtocol
 from gateway.http.connections import UpstreamConnections
@@ -32,8 +34,6 @@ log = Logger(namespace="gateway.proxy")
 REPLAY_LIMIT = 64 * 1024
 #: Request body buffered while the backend connection is being opened.
 CONNECT_BUFFER_LIMIT = 64 * 1024
-#: Methods that may be sent again after a connection failed before any response byte.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class ResponseSink(TypingProtocol):
@@ -61,6 +61,7 @@ class Upstream:
 
     pool: UpstreamPool
     connections: UpstreamConnections
+    config: UpstreamConfig  # timeouts, retries and failure rules (replaced on reload)
     #: Told ``(upstream name, address)`` when a removed server has finished draining.
     on_server_gone: Callable[[str, str], None] | None = None
 
@@ -113,6 +114,22 @@ class LocalResponse:
     def body_finished(self) -> None:
         pass
 
+    def _body_too_large(self) -> None:
+        """A chunked body went past the route's max_body_size: 413 if still possible, else cut."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+        if self._server is not None:
+            self._upstream.request_finished(self._server)
+        if self._responding:
+            self._finished = True
+            self._sink.unregister_producer()
+            self._sink.abort_response()
+            write_access_log(self._context, self._record)
+        else:
+            self._respond_error(413, b"Content Too Large",
+                                f"the request body is larger than {self._max_body_size} bytes")
+
     def downstream_lost(self) -> None:
         pass
 
@@ -137,7 +154,9 @@ class ProxyExchange:
     """Forwards one request to a server of *upstream* and relays the response."""
 
     def __init__(self, context: ProxyContext, sink: ResponseSink, head: RequestHead, upstream: Upstream,
-                 target: bytes, record: AccessRecord) -> None:
+                 target: bytes, record: AccessRecord, max_body_size: int | None = None) -> None:
+        self._max_body_size = max_body_size
+        self._body_size = 0
         self._context = context
         self._sink = sink
         self.head = head
@@ -156,6 +175,7 @@ class ProxyExchange:
         self._reused = False
         self._finished = False
         self._upstream_started = 0.0
+        self._first_try_at = 0.0
 
     # -- driven by the client side -------------------------------------------------
 
@@ -165,6 +185,11 @@ class ProxyExchange:
     def body_received(self, data: bytes) -> None:
         if self._finished:
             return
+        if self._max_body_size is not None:
+            self._body_size += len(data)
+            if self._body_size > self._max_body_size:
+                self._body_too_large()
+                return
         if self._replay is not None:
             self._replay_size += len(data)
             if self._replay_size <= REPLAY_LIMIT:
@@ -187,6 +212,22 @@ class ProxyExchange:
             # Unregistering does not resume: a pause from the backend's full buffer must be lifted here.
             self._sink.read_gate.resume(BACKPRESSURE)
 
+    def _body_too_large(self) -> None:
+        """A chunked body went past the route's max_body_size: 413 if still possible, else cut."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+        if self._server is not None:
+            self._upstream.request_finished(self._server)
+        if self._responding:
+            self._finished = True
+            self._sink.unregister_producer()
+            self._sink.abort_response()
+            write_access_log(self._context, self._record)
+        else:
+            self._respond_error(413, b"Content Too Large",
+                                f"the request body is larger than {self._max_body_size} bytes")
+
     def downstream_lost(self) -> None:
         """The client went away: drop the backend connection, it cannot be reused mid-message."""
         if self._finished:
@@ -204,8 +245,17 @@ class ProxyExchange:
 
     def _try_next_server(self, same_server: bool = False) -> None:
         pool = self._upstream.pool
+        now = self._context.reactor.seconds()
         if not same_server:
-            server = pool.choose(self.head.client_ip, self._tried)
+            if self._tried:
+                config = self._upstream.config
+                if not may_try_again(len(self._tried), config.retries, len(pool.servers), self._first_try_at,
+                                     config.retry_timeout, now):
+                    self._respond_error(502, b"Bad Gateway", "no backend server could take the request")
+                    return
+            else:
+                self._first_try_at = now
+            server = pool.choose(self.head.client_ip, self._tried, now)
             if server is None:
                 if not self._tried:
                     self._respond_error(503, b"Service Unavailable", "no server available for this request")
@@ -215,7 +265,7 @@ class ProxyExchange:
             self._server = server
             self._tried.append(server)
             pool.request_started(server)
-        self._upstream_started = self._context.reactor.seconds()
+        self._upstream_started = now
         self._upstream.connections.acquire(self._server, self._connection_ready, self._connection_failed)
 
     def _connection_failed(self, reason: Failure) -> None:
@@ -224,7 +274,7 @@ class ProxyExchange:
         server = self._server
         log.warn("cannot connect to {server} of upstream {upstream}: {error}", server=server.address,
                  upstream=self._upstream.pool.name, error=reason.getErrorMessage())
-        self._upstream.pool.connect_failed(server)
+        self._server_failed(server)
         self._upstream.request_finished(server)
         self._try_next_server()
 
@@ -244,7 +294,8 @@ class ProxyExchange:
         elif head.body != NO_BODY:
             headers.append((b"Content-Length", b"%d" % head.content_length))
         request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
-        connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED)
+        connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED,
+                                self._upstream.config.read_timeout)
         pending, self._pending_body = self._pending_body, []
         self._pending_size = 0
         for chunk in pending:
@@ -262,6 +313,10 @@ class ProxyExchange:
                       content_length: int | None) -> None:
         self._responding = True
         self._replay = None
+        if status in self._upstream.config.fail_statuses:
+            self._server_failed(self._server)
+        else:
+            self._upstream.pool.record_success(self._server)
         self._record.status = status
         self._record.upstream = self._server.address
         self._sink.send_head(self.head, status, reason, downstream_response_headers(headers), body, content_length)
@@ -310,20 +365,46 @@ class ProxyExchange:
             self._sink.abort_response()
             write_access_log(self._context, self._record)
             return
-        if self._reused and not connection.response_started and self._can_replay():
+        replayable = not connection.response_started and may_resend(
+            self.head.method, True, self.head.body == NO_BODY or self._replay is not None)
+        if self._reused and replayable:
             # A pooled connection that the backend had closed: try again on a fresh one.
             self._rewind_body()
             self._try_next_server(same_server=True)
             return
         log.warn("backend {server} failed before responding: {error}", server=server.address, error=error)
-        self._upstream.pool.connect_failed(server)
+        self._server_failed(server)
         self._upstream.request_finished(server)
-        self._respond_error(502, b"Bad Gateway", "the backend server failed to respond")
+        if replayable:
+            self._rewind_body()
+            self._try_next_server()
+        else:
+            self._respond_error(502, b"Bad Gateway", "the backend server failed to respond")
 
-    def _can_replay(self) -> bool:
-        if self.head.method not in IDEMPOTENT:
-            return False
-        return self.head.body == NO_BODY or self._replay is not None
+    def upstream_timed_out(self, connection: HTTP11ClientProtocol) -> None:
+        """The backend sent nothing for read_timeout seconds: 504, or a cut response."""
+        if self._finished:
+            return
+        self._connection = None
+        server = self._server
+        log.warn("backend {server} sent nothing for {timeout} s", server=server.address,
+                 timeout=self._upstream.config.read_timeout)
+        self._server_failed(server)
+        self._upstream.request_finished(server)
+        if self._responding:
+            self._finished = True
+            self._sink.unregister_producer()
+            self._sink.abort_response()
+            write_access_log(self._context, self._record)
+        else:
+            self._sink.read_gate.resume(BACKPRESSURE)
+            self._respond_error(504, b"Gateway Timeout", "the backend server did not answer in time")
+
+    def _server_failed(self, server: ServerState) -> None:
+        if self._upstream.pool.record_failure(server, self._context.reactor.seconds()):
+            log.warn("upstream {upstream}: server {server} failed {count} time(s) within {window} s; "
+                     "taking it out for {window} s", upstream=self._upstream.pool.name, server=server.address,
+                     count=server.recent_failures, window=server.fail_timeout)
 
     def _rewind_body(self) -> None:
         if self._replay:
@@ -342,8 +423,11 @@ class ProxyExchange:
         write_access_log(self._context, self._record)
 
 
-def decide(context: ProxyContext, head: RequestHead) -> tuple[Upstream, bytes] | None:
-    """The upstream and backend request-target for *head*, or None when no route matches.
+def decide(context: ProxyContext, head: RequestHead) -> tuple[Upstream, bytes, RouteConfig] | None:
+    """The upstream, backend request-target and route for *head*, or None when no route matches.
+
+    The backend gets the normalised path (what the route was chosen on) and
+    the query as received.
 
     This is the gateway's routing decision point, kept in one function so that
     a scripted hook can wrap it later.
@@ -351,7 +435,5 @@ def decide(context: ProxyContext, head: RequestHead) -> tuple[Upstream, bytes] |
     route = context.routes.match(head.host_name, head.path)
     if route is None:
         return None
-    target = head.target
-    if route.strip_prefix:
-        target = strip_route_prefix(route, head.path).encode("latin-1") + head.query
-    return context.upstreams[route.upstream], target
+    path = strip_route_prefix(route, head.path) if route.strip_prefix else head.path
+    return context.upstreams[route.upstream], path.encode("latin-1") + head.query, route

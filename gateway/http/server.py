@@ -28,6 +28,7 @@ from gateway.core.config import ListenerConfig, RedirectConfig
 from gateway.core.headers import Headers, serialize_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
 from gateway.core.routing import prefix_matches
+from gateway.core.validation import Problem, normalize_path, request_problem
 from gateway.http.flow import ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
 
@@ -53,14 +54,20 @@ def _status_line(status: int, reason: bytes) -> bytes:
 class HTTP11ServerProtocol(Protocol):
     """One client connection."""
 
-    def __init__(self, context: ProxyContext, scheme: str, redirect: RedirectConfig | None = None,
-                 response_headers: Headers = (), connections: set | None = None) -> None:
+    def __init__(self, context: ProxyContext, listener: HTTP11ServerFactory) -> None:
         self._context = context
-        self._connections = connections if connections is not None else set()
+        self._clock = context.reactor
+        self._connections = listener.connections
         self._draining = False  # the gateway is shutting down: finish in-flight work, then close
-        self._scheme = scheme
-        self._redirect = redirect
-        self._response_headers = list(response_headers)  # added to every response (HSTS)
+        self._scheme = listener.scheme
+        self._redirect = listener.redirect
+        self._response_headers = listener.response_headers  # added to every response (HSTS)
+        self._timeouts = listener.timeouts
+        self._limits = listener.limits
+        self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
+        self._timer = None  # the one timer of the connection (see _set_deadline)
+        self._deadline = 0.0
+        self._deadline_kind = ""  # "header", "idle" or "body": what the client is expected to send
         self._exchanges: deque = deque()  # in arrival order; the first one is responding
         self._reading = None  # the exchange whose request body the parser is reading
         self._closing = False  # no further request will be read on this connection
@@ -74,15 +81,26 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._connections.add(self)
-        self.transport.setTcpNoDelay(True)
         self.read_gate = ReadGate(self.transport)
+        if len(self._connections) > self._limits.max_connections:
+            log.warn("listener at max_connections ({limit}): closing a new connection", limit=self._limits.max_connections)
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self.transport.setTcpNoDelay(True)
         self._client_ip = self.transport.getPeer().host
         self._parser = httptools.HttpRequestParser(self)
+        self._set_deadline("header", self._timeouts.header)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._deadline_kind == "body":
+            self._deadline = self._clock.seconds() + self._timeouts.body
         while data and not self._closing:
             try:
                 self._parser.feed_data(data)
+                if self._deadline_kind == "header" and self._head_size > 2 * self._limits.max_header_bytes:
+                    # A single header line still being received: llhttp gathers it whole, so stop here.
+                    self._protocol_error(431, b"Request Header Fields Too Large", "request header too large")
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 # The request asked to switch protocols (h2c, websocket).  Tunnelling
@@ -102,6 +120,9 @@ class HTTP11ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         self._connections.discard(self)
         self._closing = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         pending = list(self._exchanges)
         if self._reading is not None and self._reading not in pending:
             pending.append(self._reading)
@@ -115,12 +136,17 @@ class HTTP11ServerProtocol(Protocol):
     def on_message_begin(self) -> None:
         self._url_parts = []
         self._headers = []
+        self._head_size = 0
+        if self._deadline_kind != "header":
+            self._set_deadline("header", self._timeouts.header)
 
     def on_url(self, url: bytes) -> None:
         self._url_parts.append(url)
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         if self._closing:
@@ -131,26 +157,30 @@ class HTTP11ServerProtocol(Protocol):
         version = parser.get_http_version().encode("ascii")
         method = parser.get_method()
         hosts: list[bytes] = []
-        content_length = None
-        chunked = expect_continue = False
+        content_lengths: list[bytes] = []
+        transfer_encodings: list[bytes] = []
+        expect_continue = False
         referer = user_agent = b"-"
         for name, value in headers:
             lower = name.lower()
             if lower == b"host":
                 hosts.append(value)
             elif lower == b"content-length":
-                content_length = int(value)  # llhttp has checked it is a number
+                content_lengths.append(value)
             elif lower == b"transfer-encoding":
-                chunked = True  # llhttp refuses any coding but a final "chunked"
+                transfer_encodings.append(value)
             elif lower == b"expect":
                 expect_continue = value.lower() == b"100-continue"
             elif lower == b"user-agent":
                 user_agent = value
             elif lower == b"referer":
                 referer = value
+        chunked = bool(transfer_encodings)
+        content_length = int(content_lengths[0]) if len(content_lengths) == 1 else None  # llhttp checked digits
         path_bytes, _, query = target.partition(b"?")
+        path = normalize_path(path_bytes.decode("latin-1"))
         head = RequestHead(
-            method=method, target=target, path=path_bytes.decode("latin-1"),
+            method=method, target=target, path=path if path is not None else "",
             query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
             headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
             scheme=self._scheme, keep_alive=parser.should_keep_alive(),
@@ -161,7 +191,7 @@ class HTTP11ServerProtocol(Protocol):
         record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(),
                               request_line=head.request_line, referer=referer.decode("latin-1"),
                               user_agent=user_agent.decode("latin-1"))
-        problem = self._refusal(head, hosts)
+        problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
         if problem is not None:
@@ -178,9 +208,19 @@ class HTTP11ServerProtocol(Protocol):
                                          "no route for this path",
                                          close=expect_continue and head.body != NO_BODY)
             else:
-                upstream, upstream_target = decision
-                exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record)
+                upstream, upstream_target, route = decision
+                limit = route.max_body_size
+                if limit is not None and content_length is not None and content_length > limit:
+                    self._closing = True
+                    exchange = LocalResponse(self, head, record, self._context, 413, b"Content Too Large",
+                                             f"the request body is larger than {limit} bytes", close=True)
+                else:
+                    exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record, limit)
         self._reading = exchange
+        if head.body != NO_BODY and not self._closing:
+            self._set_deadline("body", self._timeouts.body)
+        else:
+            self._set_deadline("", 0.0)
         self._enqueue(exchange)
 
     def on_body(self, data: bytes) -> None:
@@ -189,8 +229,12 @@ class HTTP11ServerProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         reading, self._reading = self._reading, None
+        if self._deadline_kind == "body":
+            self._set_deadline("", 0.0)
         if reading is not None:
             reading.body_finished()
+            if not self._exchanges and not self._closing:
+                self._set_deadline("idle", self._timeouts.idle)  # answered before its body ended
 
     # -- ResponseSink -----------------------------------------------------------
 
@@ -243,6 +287,8 @@ class HTTP11ServerProtocol(Protocol):
             self._start(self._exchanges[0])
         elif self._draining and self._reading is None:
             self.transport.loseConnection()
+        elif self._reading is None:
+            self._set_deadline("idle", self._timeouts.idle)
 
     def shut_down(self) -> None:
         """Graceful shutdown: let the requests in flight finish, then close; close at once if idle."""
@@ -264,17 +310,51 @@ class HTTP11ServerProtocol(Protocol):
 
     # -- internals ------------------------------------------------------------
 
-    def _refusal(self, head: RequestHead, hosts: list[bytes]) -> tuple[int, bytes, str] | None:
-        """Why a well-formed request is still refused, or None."""
-        if head.version not in (b"1.1", b"1.0"):
-            return 505, b"HTTP Version Not Supported", "HTTP/1.0 and HTTP/1.1 only"
-        if len(hosts) > 1:
-            return 400, b"Bad Request", "more than one Host header"
-        if not hosts and head.version == b"1.1":
-            return 400, b"Bad Request", "missing Host header"
-        if not head.path.startswith("/"):
-            return 400, b"Bad Request", "the request-target must be a path starting with /"
-        return None
+    def _head_problem(self, version: bytes, hosts: list[bytes], content_lengths: list[bytes],
+                      transfer_encodings: list[bytes], target: bytes, path: str | None) -> Problem | None:
+        """Why a request llhttp accepted is still refused, or None."""
+        limits = self._limits
+        if len(target) > limits.max_header_bytes:
+            return 414, b"URI Too Long", "request-target too long"
+        if self._head_size > limits.max_header_bytes or len(self._headers) > limits.max_headers:
+            return 431, b"Request Header Fields Too Large", "request header too large or too many header fields"
+        problem = request_problem(version, hosts, content_lengths, transfer_encodings, target)
+        if problem is None and path is None:
+            problem = 400, b"Bad Request", "invalid path (dot-segments above the root, or a bad %-escape)"
+        return problem
+
+    def _set_deadline(self, kind: str, seconds: float) -> None:
+        """Expect the client to send *kind* within *seconds* (an empty kind: nothing expected).
+
+        One timer per connection, moved lazily: it fires at the earliest
+        deadline it was set for and re-arms itself when the deadline moved on.
+        """
+        self._deadline_kind = kind
+        if not kind:
+            return
+        self._deadline = self._clock.seconds() + seconds
+        if self._timer is None:
+            self._timer = self._clock.callLater(seconds, self._deadline_passed)
+        elif self._timer.getTime() > self._deadline:
+            self._timer.reset(seconds)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        kind = self._deadline_kind
+        if not kind or self._closing:
+            return
+        remaining = self._deadline - self._clock.seconds()
+        if remaining > 0:
+            self._timer = self._clock.callLater(remaining, self._deadline_passed)
+            return
+        if kind == "idle" or (kind == "header" and not self._url_parts and not self._exchanges):
+            self._closing = True  # an idle connection, or one that never sent a byte: close quietly
+            self.transport.loseConnection()
+        else:
+            log.info("client {client} too slow sending the request {what}: closing", client=self._client_ip,
+                     what="head" if kind == "header" else "body")
+            self._protocol_error(408, b"Request Timeout", f"request {'head' if kind == 'header' else 'body'} "
+                                 "not received in time")
 
     def _redirect_to_https(self, head: RequestHead, record: AccessRecord) -> LocalResponse:
         """301 (GET, HEAD) or the configured status to the same host, path and query over HTTPS."""
@@ -336,6 +416,8 @@ class HTTP11ServerFactory(Factory):
 
     def __init__(self, context: ProxyContext, listener: ListenerConfig) -> None:
         self.connections: set[HTTP11ServerProtocol] = set()
+        self.timeouts = listener.timeouts
+        self.limits = listener.limits
         self.context = context
         self.scheme = "https" if listener.tls is not None else "http"
         self.redirect = listener.redirect
@@ -344,8 +426,7 @@ class HTTP11ServerFactory(Factory):
             self.response_headers.append((b"Strict-Transport-Security", b"max-age=%d" % listener.tls.hsts))
 
     def buildProtocol(self, addr) -> HTTP11ServerProtocol:
-        return HTTP11ServerProtocol(self.context, self.scheme, self.redirect, self.response_headers,
-                                    self.connections)
+        return HTTP11ServerProtocol(self.context, self)
 
     def shut_down(self, clock, timeout: float) -> Deferred:
         """Close every connection once its requests in flight are done; abort what is left after *timeout*."""

@@ -192,7 +192,8 @@ class Gateway:
         self.upstreams = {
             name: Upstream(pool=UpstreamPool(upstream),
                            connections=UpstreamConnections(self.reactor, upstream.keepalive_timeout,
-                                                           upstream.keepalive_connections))
+                                                           upstream.keepalive_connections),
+                           config=upstream)
             for name, upstream in self.config.upstreams.items()
         }
         self.context = ProxyContext(reactor=self.reactor, routes=RouteTable(self.config.routes),

@@ -81,8 +81,8 @@ def test_get_forwarded_with_the_right_head_and_response_relayed(gw):
 
 
 def test_access_log_record(gw):
-    client = gw.client(ip="10.1.1.1")
     gw.reactor.advance(100)
+    client = gw.client(ip="10.1.1.1")
     backend, _ = forwarded_request(gw, client, get(extra=b"User-Agent: ua\r\nReferer: http://r/\r\n"))
     gw.reactor.advance(0.25)
     backend.reply(OK_5)

@@ -80,8 +80,8 @@ def test_request_counters():
     assert (first.active, first.total, second.active, second.total) == (2, 2, 1, 1)
     upstream.request_finished(first)
     assert (first.active, first.total) == (1, 2)
-    upstream.connect_failed(second)
-    upstream.connect_failed(second)
+    upstream.record_failure(second, 0.0)
+    upstream.record_failure(second, 0.0)
     assert second.failures == 2
     assert first.failures == 0
 
