@@ -152,13 +152,18 @@ class ConfigReloader(Service):
 
     def _apply(self, config: GatewayConfig) -> None:
         try:
-            for listener in config.listeners:
-                tls = self._tls_listeners.get(listener.name)
-                if tls is not None and listener.tls is not None:
-                    tls.reload(listener.tls)
+            # Every certificate is loaded before any is served: all change, or none.
+            prepared = [(self._tls_listeners[listener.name], self._tls_listeners[listener.name].load(listener.tls))
+                        for listener in config.listeners
+                        if listener.tls is not None and listener.name in self._tls_listeners]
         except ConfigError as error:
             log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}", error=str(error))
             return
+        except Exception:
+            log.failure("SIGHUP: configuration rejected, the previous one keeps serving")
+            return
+        for tls, loaded in prepared:
+            tls.install(loaded)
         old = self._config
         for what, before, after in (("listeners", old.listeners, config.listeners),
                                     ("processes", old.processes, config.processes),

@@ -79,6 +79,8 @@ def load_certificate(cert_path: str, key_path: str, min_version: str, source: st
     try:
         with open(cert_path, "rb") as stream:
             certificate = x509.load_pem_x509_certificate(stream.read())
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read the certificate {cert_path}: {error.strerror}") from None
     except ValueError as error:
         raise ConfigError(f"{source}: {cert_path} is not a PEM certificate: {error}") from None
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -118,9 +120,16 @@ class ServerTLS:
 
     def reload(self, config: TLSConfig | None = None) -> None:
         """(Re)load every certificate file; on error keep serving the old ones and raise ConfigError."""
-        config = config or self._config
-        loaded = tuple(load_certificate(item.cert, item.key, config.min_version, self._source)
-                       for item in config.certificates)
+        self.install(self.load(config or self._config))
+
+    def load(self, config: TLSConfig) -> tuple[TLSConfig, tuple[LoadedCertificate, ...]]:
+        """Read and check the files of *config* without serving them yet (raises ConfigError)."""
+        return config, tuple(load_certificate(item.cert, item.key, config.min_version, self._source)
+                             for item in config.certificates)
+
+    def install(self, prepared: tuple[TLSConfig, tuple[LoadedCertificate, ...]]) -> None:
+        """Serve certificates prepared by :meth:`load` to new connections."""
+        config, loaded = prepared
         now = datetime.datetime.now(datetime.timezone.utc)
         for item, certificate in zip(config.certificates, loaded):
             certificate.context.set_tlsext_servername_callback(self._select_certificate)

@@ -17,6 +17,8 @@ Problem = tuple[int, bytes, str]
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3[0-9]|4[1-9a-fA-F]|5[0-9aA]|5[fF]|6[1-9a-fA-F]|7[0-9aA]|7[eE])")
 _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
 _TARGET_CHARACTERS = re.compile(r"[!-~]+")  # visible ASCII: no spaces, controls or raw non-ASCII
+#: RFC 3986 host (reg-name or IP literal) with an optional port.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 
 
 def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[bytes],
@@ -28,6 +30,8 @@ def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[by
         return 400, b"Bad Request", "more than one Host header"
     if not hosts and version == b"1.1":
         return 400, b"Bad Request", "missing Host header"
+    if hosts and not _HOST.fullmatch(hosts[0]):
+        return 400, b"Bad Request", "invalid Host header"
     if len(content_lengths) > 1:
         return 400, b"Bad Request", "more than one Content-Length header"
     if transfer_encodings and (len(transfer_encodings) > 1 or transfer_encodings[0] != b"chunked"):

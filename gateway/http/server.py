@@ -37,7 +37,7 @@ log = Logger(namespace="gateway.server")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect"}
 #: A Host that may be copied into a Location header: a DNS name or IPv4 address, or an IPv6 literal.
-_SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+_SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?|\[[0-9a-f:.]+\]")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 

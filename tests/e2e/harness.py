@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -466,6 +467,29 @@ def send_raw(port: int, data: bytes, timeout: float = 5.0, host: str = HOST,
     return bytes(received)
 
 
+def send_raw_until_close(port: int, data: bytes, timeout: float = 5.0, host: str = HOST,
+                         max_bytes: int = 16 * 1024 * 1024) -> tuple[bytes, bool]:
+    """Like ``send_raw``, also saying whether the server closed the connection
+    (True) rather than going quiet for ``timeout`` seconds (False)."""
+    received = bytearray()
+    closed = False
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        while len(received) < max_bytes:
+            try:
+                piece = sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not piece:
+                closed = True
+                break
+            received += piece
+    return bytes(received), closed
+
+
 # -- expectations ---------------------------------------------------------------
 
 def pattern_bytes(total: int) -> bytes:
@@ -479,3 +503,270 @@ def parse_served_by(value: str | None) -> tuple[str, str, int]:
     service, address, pid = value.split(" ")
     assert pid.startswith("pid="), value
     return service, address, int(pid[4:])
+
+
+# -- raw responses, processes ------------------------------------------------------
+
+@dataclass
+class RawResponse:
+    """One response parsed from raw bytes (see ``parse_responses``)."""
+
+    status: int
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    framing: str  # "content-length", "chunked", "close" or "none"
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def header_names(self) -> set[str]:
+        return {key.lower() for key, _ in self.headers}
+
+
+def parse_responses(data: bytes, head_requests: frozenset[int] = frozenset(),
+                    limit: int = 100) -> list[RawResponse]:
+    """Split raw bytes read from a connection into responses, strictly.
+
+    ``head_requests`` holds the indexes of responses that answer HEAD (no
+    body).  A response without Content-Length or chunked coding runs to the
+    end of ``data`` (close-delimited).  Interim 1xx responses are kept as
+    responses of their own.  Raises AssertionError on anything malformed or
+    truncated, so a test fails with the bytes it got.
+    """
+    responses: list[RawResponse] = []
+    rest = data
+    while rest and len(responses) < limit:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"incomplete response head: {head[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, status_text = lines[0].partition(" ")
+        assert version.startswith("HTTP/"), f"bad status line {lines[0]!r}"
+        status = int(status_text.split(" ", 1)[0])
+        headers = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            assert colon, f"bad header line {line!r}"
+            headers.append((name.strip(), value.strip()))
+        response = RawResponse(status, version, headers, b"", "none")
+        names = {name.lower(): value for name, value in headers}
+        if 100 <= status < 200 or status in (204, 304) or len(responses) in head_requests:
+            pass
+        elif names.get("transfer-encoding", "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size_line, crlf, rest = rest.partition(b"\r\n")
+                assert crlf, "truncated chunked body"
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    trailer_end = rest.find(b"\r\n")
+                    assert trailer_end == 0, "trailers are not expected"
+                    rest = rest[2:]
+                    break
+                assert len(rest) >= size + 2 and rest[size:size + 2] == b"\r\n", "truncated chunk"
+                body += rest[:size]
+                rest = rest[size + 2:]
+            response.body, response.framing = bytes(body), "chunked"
+        elif "content-length" in names:
+            length = int(names["content-length"])
+            assert len(rest) >= length, f"body truncated: {len(rest)} of {length} bytes"
+            response.body, rest = rest[:length], rest[length:]
+            response.framing = "content-length"
+        else:
+            response.body, rest, response.framing = rest, b"", "close"
+        responses.append(response)
+    return responses
+
+
+def process_rss(pid: int) -> int:
+    """The resident set size of process ``pid``, in bytes (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return False
+
+
+def parent_pid(pid: int) -> int:
+    """The parent process id of ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no PPid for process {pid}")
+
+
+def served_by_name(headers: http.client.HTTPMessage) -> str:
+    """The service name in a response's ``X-Served-By`` header."""
+    return parse_served_by(headers.get("X-Served-By"))[0]
+
+
+# -- TLS ----------------------------------------------------------------------------
+#
+# Certificates come from gateway.certs (what `gateway certs generate` runs);
+# clients always verify: ssl.create_default_context(cafile=...) keeps
+# CERT_REQUIRED and check_hostname on.
+
+def make_certificates(directory: Path, name: str = "gateway", hosts: tuple[str, ...] = (),
+                      ips: tuple[str, ...] = (), force: bool = False) -> tuple[Path, Path]:
+    """``gateway certs generate --out directory [--name ...] [--host ...] [--ip ...]``:
+    (cert, key) paths; the local CA is ``directory/ca.crt`` (created once, then reused).
+    No hosts and no ips: localhost, 127.0.0.1 and ::1."""
+    from gateway.certs import generate_files
+
+    generated = generate_files(str(directory), hosts, ips, name=name, force=force)
+    return Path(generated.cert_path), Path(generated.key_path)
+
+
+def tls_client_context(cafile: Path, minimum: ssl.TLSVersion | None = None,
+                       maximum: ssl.TLSVersion | None = None,
+                       alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting ``cafile`` (hostname checked too)."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    if minimum is not None:
+        context.minimum_version = minimum
+    if maximum is not None:
+        context.maximum_version = maximum
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def tls_connect(port: int, context: ssl.SSLContext, server_hostname: str | None = "localhost",
+                host: str = HOST, timeout: float = HTTP_TIMEOUT,
+                session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+    """A TCP connection to host:port with a completed (verified) TLS handshake.
+
+    ``server_hostname`` is both the SNI name and the name verified; an IP
+    address there sends no SNI (CPython) and is checked against IP SANs.
+    """
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname=server_hostname, session=session)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def request_on(sock: socket.socket, method: str, path: str, headers: Headers = None,
+               body: bytes | None = None,
+               timeout: float = HTTP_TIMEOUT) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One HTTP/1.1 request on an already connected (e.g. TLS) socket, left open.
+
+    Send a ``Host`` in ``headers`` to choose it (default: 127.0.0.1).
+    """
+    conn = http.client.HTTPConnection(HOST, timeout=timeout)
+    conn.sock = sock
+    return _send(conn, method, path, headers, body)
+
+
+def certificate_der(path: Path) -> bytes:
+    """The DER bytes of the (first) certificate in a PEM file."""
+    return ssl.PEM_cert_to_DER_cert(Path(path).read_text(encoding="ascii"))
+
+
+def tls_listener(port: int, certificates: list[tuple[Path, Path]], name: str = "https",
+                 **tls: Any) -> dict[str, Any]:
+    """A listener config dict with a ``tls:`` section (extra ``tls`` keys as given)."""
+    section: dict[str, Any] = {"certificates": [{"cert": str(cert), "key": str(key)}
+                                                for cert, key in certificates]}
+    section.update(tls)
+    return {"name": name, "port": port, "interface": HOST, "tls": section}
+
+
+# -- a scripted backend ---------------------------------------------------------------
+
+#: A script for one accepted connection: (its index, the socket).
+ConnectionScript = Callable[[int, socket.socket], None]
+
+
+class ScriptedBackend:
+    """Accepts up to ``max_connections`` connections on 127.0.0.1, each run by ``script``."""
+
+    def __init__(self, script: ConnectionScript, max_connections: int = 10, timeout: float = 10.0) -> None:
+        self.script = script
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.accepted = 0
+        self.errors: list[BaseException] = []
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def _accept_loop(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self._stop.is_set() and self.accepted < self.max_connections and time.monotonic() < deadline:
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(self.timeout)
+            thread = threading.Thread(target=self._run, args=(self.accepted, sock), daemon=True)
+            self.accepted += 1
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, index: int, sock: socket.socket) -> None:
+        with sock:
+            try:
+                self.script(index, sock)
+            except (OSError, AssertionError) as error:
+                self.errors.append(error)
+
+    def __enter__(self) -> ScriptedBackend:
+        self._acceptor.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._acceptor.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def read_request_head(sock: socket.socket, buffer: bytearray) -> bytes | None:
+    """The next request head (through the blank line) from ``sock``; None at EOF. Bounded."""
+    while b"\r\n\r\n" not in buffer:
+        if len(buffer) > 65536:
+            raise AssertionError("request head too large")
+        piece = sock.recv(65536)
+        if not piece:
+            return None
+        buffer += piece
+    end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:end])
+    del buffer[:end]
+    return head
+
+
+def respond(sock: socket.socket, body: bytes, status: str = "200 OK") -> None:
+    sock.sendall(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                 % (status.encode(), len(body), body))
+
+
