@@ -6,6 +6,8 @@ Routes:
 - ``GET /api/users``: a list of sample users.
 - ``/api/echo`` (any method): what the request looked like on arrival.
 - ``GET /api/healthz`` and ``GET /healthz``: ``ok``.
+- ``/api/ws``: a WebSocket echo (flask-sock): each message comes back
+  prefixed with who served it, e.g. ``api-1 127.0.0.1:9001 pid=42: hello``.
 - ``/api/<anything>``: 200 JSON echoing the path it saw.
 - anything else: 404 JSON with the path that arrived, so that a test can see
   what a route with ``strip_prefix`` actually forwarded.
@@ -14,12 +16,14 @@ Routes:
 from __future__ import annotations
 
 from flask import jsonify, request
+from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from backends import common
 
 app = common.create_app(__name__, "api")
+sock = Sock(app)
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -50,6 +54,16 @@ def echo() -> Response:
 @app.get("/healthz")
 def healthz() -> Response:
     return Response("ok", mimetype="text/plain")
+
+
+@sock.route("/api/ws")
+def websocket_echo(ws) -> None:
+    """Echo every message until the client closes (runs in one of Gunicorn's threads)."""
+    while True:
+        message = ws.receive()
+        if message is None:
+            return
+        ws.send(f"{common.served_by_header()}: {message}")
 
 
 @app.route("/api/<path:rest>", methods=ALL_METHODS)

@@ -32,8 +32,7 @@ def create_app(import_name: str, default_service: str) -> Flask:
 
     @app.after_request
     def add_served_by(response: Response) -> Response:
-        info = served_by()
-        response.headers["X-Served-By"] = f"{info['service']} {info['address']} pid={info['pid']}"
+        response.headers["X-Served-By"] = served_by_header()
         return response
 
     return app
@@ -70,6 +69,12 @@ def served_by() -> dict[str, Any]:
         "address": bind_address(request.environ),
         "pid": os.getpid(),
     }
+
+
+def served_by_header() -> str:
+    """The X-Served-By value: ``web-1 127.0.0.1:8001 pid=1234``."""
+    info = served_by()
+    return f"{info['service']} {info['address']} pid={info['pid']}"
 
 
 def raw_headers(environ: dict[str, Any]) -> dict[str, str]:

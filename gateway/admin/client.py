@@ -12,8 +12,10 @@ operator's proxy settings must not send the bearer token elsewhere.
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -152,6 +154,16 @@ def _reason_text(reason: object) -> str:
     return str(reason) or type(reason).__name__
 
 
+def _plain_text(text: str) -> str:
+    """One short line from a non-JSON error body: an HTML page's title, else its first line of text."""
+    title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if title is not None:
+        text = title.group(1)
+    text = html.unescape(re.sub(r"<[^>]*>", " ", text))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return " ".join(first.split())[:200]
+
+
 def _error_message(error: urllib.error.HTTPError) -> str:
     """``404: no upstream named 'x'`` from the API's ``{"error": ...}``, or the status line."""
     try:
@@ -164,6 +176,5 @@ def _error_message(error: urllib.error.HTTPError) -> str:
         if isinstance(document, dict) and isinstance(document.get("error"), str):
             message = document["error"]
     except ValueError:
-        text = raw.decode("utf-8", "replace").strip()
-        message = text.splitlines()[0][:200] if text else None
+        message = _plain_text(raw.decode("utf-8", "replace")) or None
     return f"{error.code} {error.reason}: {message}" if message else f"{error.code} {error.reason}"

@@ -76,6 +76,8 @@ class HTTP11ClientProtocol(Protocol):
         self._read_timeout = 0.0
         self._read_timer = None
         self._last_read = 0.0
+        self._upgrade = False  # the request asked to switch protocols: 101 is a valid answer
+        self.tunnel = None  # after 101: raw bytes go to tunnel.from_backend
 
     # -- Twisted ------------------------------------------------------------
 
@@ -87,6 +89,9 @@ class HTTP11ClientProtocol(Protocol):
             ready(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_backend(data)
+            return
         if self.handler is None:
             # A backend may not speak before it is asked; an idle connection that
             # does so is out of step with us and cannot be reused.
@@ -97,6 +102,12 @@ class HTTP11ClientProtocol(Protocol):
             self._last_read = self.clock.seconds()
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.tunnel is None:
+                self._fail("the backend switched protocols unasked")
+            elif len(data) > upgrade.args[0]:
+                self.tunnel.from_backend(data[upgrade.args[0]:])
+            return
         except httptools.HttpParserError as error:
             self._fail(f"invalid response from backend: {error}")
             return
@@ -113,6 +124,9 @@ class HTTP11ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
         self._stop_read_timer()
+        if self.tunnel is not None:
+            self.tunnel.backend_closed()
+            return
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         self.idle_timer = None
@@ -128,7 +142,7 @@ class HTTP11ClientProtocol(Protocol):
     # -- used by the exchange --------------------------------------------------
 
     def send_request(self, handler: ResponseHandler, head: bytes, head_request: bool, chunked_body: bool,
-                     read_timeout: float = 0.0) -> None:
+                     read_timeout: float = 0.0, upgrade: bool = False) -> None:
         """Write a request head; the body (if any) follows through :meth:`write_body`.
 
         With a *read_timeout*, the handler is told ``upstream_timed_out`` when
@@ -136,6 +150,7 @@ class HTTP11ClientProtocol(Protocol):
         is not reading).
         """
         self.handler = handler
+        self._upgrade = upgrade
         if read_timeout and self.clock is not None:
             self._read_timeout = read_timeout
             self._last_read = self.clock.seconds()
@@ -162,6 +177,12 @@ class HTTP11ClientProtocol(Protocol):
         if self._chunked_body:
             self.transport.write(b"0\r\n\r\n")
 
+    def start_tunnel(self, tunnel) -> None:
+        """After a 101: every byte from now on belongs to *tunnel*, no more HTTP."""
+        self._stop_read_timer()
+        self.handler = None
+        self.tunnel = tunnel
+
     def abort(self) -> None:
         """Drop the connection without telling the handler (it is going away)."""
         self._stop_read_timer()
@@ -182,7 +203,12 @@ class HTTP11ClientProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status == 101 and self._upgrade:
+            self.handler.response_head(101, self._reason, self._headers, NO_BODY, None)
+            return  # the handler has called start_tunnel (or dropped the connection)
         if 100 <= status < 200:
+            if status == 101:
+                raise httptools.HttpParserError("101 Switching Protocols to a request that asked for none")
             return  # interim responses (100 Continue, 103) are not relayed
         try:
             framing, content_length = response_framing(status, self._headers, self._head_request)

@@ -114,22 +114,6 @@ class LocalResponse:
     def body_finished(self) -> None:
         pass
 
-    def _body_too_large(self) -> None:
-        """A chunked body went past the route's max_body_size: 413 if still possible, else cut."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.abort()
-        if self._server is not None:
-            self._upstream.request_finished(self._server)
-        if self._responding:
-            self._finished = True
-            self._sink.unregister_producer()
-            self._sink.abort_response()
-            write_access_log(self._context, self._record)
-        else:
-            self._respond_error(413, b"Content Too Large",
-                                f"the request body is larger than {self._max_body_size} bytes")
-
     def downstream_lost(self) -> None:
         pass
 
@@ -152,6 +136,9 @@ def write_access_log(context: ProxyContext, record: AccessRecord) -> None:
 
 class ProxyExchange:
     """Forwards one request to a server of *upstream* and relays the response."""
+
+    #: The protocol an Upgrade request asks for (see gateway.http.tunnel); None for plain requests.
+    upgrade: bytes | None = None
 
     def __init__(self, context: ProxyContext, sink: ResponseSink, head: RequestHead, upstream: Upstream,
                  target: bytes, record: AccessRecord, max_body_size: int | None = None) -> None:
@@ -288,14 +275,14 @@ class ProxyExchange:
         self._connection = connection
         self._reused = reused
         head = self.head
-        headers = upstream_request_headers(head.headers, head.client_ip, head.scheme, head.host)
+        headers = self._request_headers()
         if head.body == CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
         elif head.body != NO_BODY:
             headers.append((b"Content-Length", b"%d" % head.content_length))
         request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
         connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED,
-                                self._upstream.config.read_timeout)
+                                self._upstream.config.read_timeout, upgrade=self.upgrade is not None)
         pending, self._pending_body = self._pending_body, []
         self._pending_size = 0
         for chunk in pending:
@@ -306,6 +293,10 @@ class ProxyExchange:
         else:
             connection.transport.registerProducer(self._sink.read_gate, True)
             self._sink.read_gate.resume("connecting")
+
+    def _request_headers(self) -> Headers:
+        head = self.head
+        return upstream_request_headers(head.headers, head.client_ip, head.scheme, head.host)
 
     # -- driven by the backend connection -----------------------------------------
 

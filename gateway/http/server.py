@@ -31,6 +31,7 @@ from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
 from gateway.http.flow import ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
+from gateway.http.tunnel import TunnelExchange
 
 log = Logger(namespace="gateway.server")
 
@@ -76,6 +77,7 @@ class HTTP11ServerProtocol(Protocol):
         self._head_sent = False  # the response being written has begun
         self._url_parts: list[bytes] = []
         self._headers: Headers = []
+        self._tunnel: TunnelExchange | None = None  # after a 101: bytes, not HTTP
 
     # -- Twisted ------------------------------------------------------------
 
@@ -93,6 +95,9 @@ class HTTP11ServerProtocol(Protocol):
         self._set_deadline("header", self._timeouts.header)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.from_client(data)
+            return
         if self._deadline_kind == "body":
             self._deadline = self._clock.seconds() + self._timeouts.body
         while data and not self._closing:
@@ -103,10 +108,19 @@ class HTTP11ServerProtocol(Protocol):
                     self._protocol_error(431, b"Request Header Fields Too Large", "request header too large")
                 return
             except httptools.HttpParserUpgrade as upgrade:
-                # The request asked to switch protocols (h2c, websocket).  Tunnelling
-                # is not offered, so the request has been handled as plain HTTP with
-                # its Upgrade header dropped; the bytes after it are a new request.
                 data = data[upgrade.args[0]:]
+                last = self._exchanges[-1] if self._exchanges else None
+                if isinstance(last, TunnelExchange) and not self._closing:
+                    # A WebSocket request: no more HTTP on this connection.  What
+                    # follows waits for the backend's 101 (or its refusal, after
+                    # which the connection closes).
+                    self._closing = True
+                    self.read_gate.pause("upgrade")
+                    if data:
+                        last.from_client(data)
+                    return
+                # Another protocol (h2c...) is not offered: the request was handled as
+                # plain HTTP without its Upgrade header, and what follows is a new request.
                 self._parser = httptools.HttpRequestParser(self)
             except httptools.HttpParserCallbackError:
                 log.failure("error while handling a request")
@@ -119,6 +133,8 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._connections.discard(self)
+        if self._tunnel is not None:
+            self._tunnel.client_closed()
         self._closing = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -161,6 +177,7 @@ class HTTP11ServerProtocol(Protocol):
         transfer_encodings: list[bytes] = []
         expect_continue = False
         referer = user_agent = b"-"
+        upgrade = None
         for name, value in headers:
             lower = name.lower()
             if lower == b"host":
@@ -173,6 +190,8 @@ class HTTP11ServerProtocol(Protocol):
                 expect_continue = value.lower() == b"100-continue"
             elif lower == b"user-agent":
                 user_agent = value
+            elif lower == b"upgrade":
+                upgrade = value
             elif lower == b"referer":
                 referer = value
         chunked = bool(transfer_encodings)
@@ -214,6 +233,10 @@ class HTTP11ServerProtocol(Protocol):
                     self._closing = True
                     exchange = LocalResponse(self, head, record, self._context, 413, b"Content Too Large",
                                              f"the request body is larger than {limit} bytes", close=True)
+                elif upgrade is not None and method == b"GET" and parser.should_upgrade() \
+                        and b"websocket" in upgrade.lower():
+                    exchange = TunnelExchange(self._context, self, head, upstream, upstream_target, record,
+                                              upgrade=upgrade)
                 else:
                     exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record, limit)
         self._reading = exchange
@@ -301,6 +324,20 @@ class HTTP11ServerProtocol(Protocol):
         if self._exchanges:
             self._exchanges.popleft()
         self._close_after_response()
+
+    def start_tunnel(self, tunnel: TunnelExchange, headers: Headers) -> None:
+        """Relay the backend's 101 and switch this connection to carrying raw bytes."""
+        self._tunnel = tunnel
+        self._set_deadline("", 0.0)
+        self.transport.write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
+                                       serialize_headers(self._response_headers), b"\r\n")))
+        self.read_gate.resume("upgrade")
+
+    def send_raw(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def end_tunnel(self) -> None:
+        self.transport.loseConnection()
 
     def register_producer(self, producer: ReadGate) -> None:
         self.transport.registerProducer(producer, True)

@@ -632,9 +632,9 @@ def test_pipelined_requests_across_upstreams(gw):
     assert len(parse_responses(client.take())) == 2
 
 
-def test_upgrade_request_proxied_as_plain_http(gw):
+def test_non_websocket_upgrade_request_proxied_as_plain_http(gw):
     client = gw.client()
-    client.send(get("/api/ws", extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\n") + get("/api/after"))
+    client.send(get("/api/ws", extra=b"Connection: Upgrade\r\nUpgrade: h2c\r\n") + get("/api/after"))
     backend = gw.accept_backend()
     request = backend.request()
     assert b"upgrade" not in request.lower()
@@ -642,6 +642,56 @@ def test_upgrade_request_proxied_as_plain_http(gw):
     assert backend.request().startswith(b"GET /api/after HTTP/1.1\r\n")
     backend.reply(OK_5)
     assert [r.status for r in parse_responses(client.take())] == [200, 200]
+
+
+WS_REQUEST_EXTRA = b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+
+
+def test_websocket_upgrade_becomes_a_tunnel(gw):
+    client = gw.client()
+    client.send(get("/api/ws", extra=WS_REQUEST_EXTRA) + b"early-frame")
+    backend = gw.accept_backend()
+    request = backend.request()
+    assert b"\r\nConnection: Upgrade\r\n" in request and b"\r\nUpgrade: websocket\r\n" in request
+    assert b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==" in request
+    assert b"early-frame" not in request  # held back until the backend agreed to switch
+    backend.reply(SWITCHING + b"server-hello")
+    answer = client.take()
+    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer and answer.endswith(b"server-hello")
+    assert backend.request() == b"early-frame"
+    client.send(b"GET / HTTP/1.1\r\n\r\n")  # no longer HTTP: passed through as bytes
+    assert backend.request() == b"GET / HTTP/1.1\r\n\r\n"
+    backend.reply(b"\x81\x02hi")
+    assert client.take() == b"\x81\x02hi"
+    backend.close()
+    gw.reactor.advance(0)
+    assert client.closed
+    assert [record.status for record, _ in gw.access_log] == [101]
+
+
+def test_websocket_upgrade_refused_by_backend_is_relayed_then_closed(gw):
+    client = gw.client()
+    client.send(get("/api/ws", extra=WS_REQUEST_EXTRA))
+    backend = gw.accept_backend()
+    backend.request()
+    backend.reply(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n")
+    responses = parse_responses(client.take())
+    assert [r.status for r in responses] == [400]
+    assert client.closed
+
+
+def test_websocket_tunnel_closes_when_idle(gw):
+    client = gw.client()
+    client.send(get("/api/ws", extra=WS_REQUEST_EXTRA))
+    backend = gw.accept_backend()
+    backend.request()
+    backend.reply(SWITCHING)
+    client.take()
+    gw.reactor.advance(gw.config.upstreams["api"].read_timeout + 1)
+    assert client.closed and backend.closed
 
 
 # -- the gateway's own answers --------------------------------------------------------------
