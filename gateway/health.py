@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import httptools
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import NotConnectingError
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,17 +69,28 @@ class HealthCheck:
         self._request = request
         self._done = False
         self._protocol: _HealthCheckProtocol | None = None
+        self._connecting = True
         self._deadline = reactor.callLater(timeout, self._timed_out)
-        self._connector = reactor.connectTCP(host, port, _HealthCheckFactory(self), timeout=timeout)
+        try:
+            self._connector = reactor.connectTCP(host, port, _HealthCheckFactory(self), timeout=timeout)
+        except BaseException:
+            self._done = True
+            self._deadline.cancel()
+            raise
 
     # -- reported by the protocol and factory ----------------------------------------
 
     def connected(self, protocol: _HealthCheckProtocol) -> None:
+        self._connecting = False
         if self._done:
             protocol.transport.abortConnection()
             return
         self._protocol = protocol
         protocol.transport.write(self._request)
+
+    def connection_failed(self, reason: Failure) -> None:
+        self._connecting = False
+        self.finished(f"cannot connect: {reason.getErrorMessage()}")
 
     def finished(self, reason: str | None) -> None:
         """The verdict is in: close the connection and fire :attr:`result`."""
@@ -101,11 +113,17 @@ class HealthCheck:
                 self._protocol.transport.abortConnection()
             else:
                 self._protocol.transport.loseConnection()
-        elif self._connector.state == "connecting":
-            self._connector.stopConnecting()
+        elif self._connecting:
+            self._connecting = False
+            try:
+                self._connector.stopConnecting()
+            except NotConnectingError:
+                pass
 
 
 class _HealthCheckFactory(ClientFactory):
+    noisy = False  # no "Starting factory" line for every check
+
     def __init__(self, check: HealthCheck) -> None:
         self.check = check
 
@@ -115,7 +133,7 @@ class _HealthCheckFactory(ClientFactory):
         return protocol
 
     def clientConnectionFailed(self, connector, reason: Failure) -> None:
-        self.check.finished(f"cannot connect: {reason.getErrorMessage()}")
+        self.check.connection_failed(reason)
 
 
 class _HealthCheckProtocol(Protocol):
@@ -233,13 +251,13 @@ class HealthChecker(Service):
                 continue
             checks = self._upstreams.get(name)
             if checks is None or checks.health != health:
+                log.info("upstream {upstream}: health checks GET {path} every {interval}s (timeout {timeout}s, "
+                         "rise {rise}, fall {fall}, expect {expect})", upstream=name, path=health.path,
+                         interval=health.interval, timeout=health.timeout, rise=health.rise, fall=health.fall,
+                         expect=health.expect)
                 if checks is None:
-                    log.info("upstream {upstream}: health checks GET {path} every {interval}s (timeout {timeout}s, "
-                             "rise {rise}, fall {fall}, expect {expect})", upstream=name, path=health.path,
-                             interval=health.interval, timeout=health.timeout, rise=health.rise, fall=health.fall,
-                             expect=health.expect)
                     checks = self._upstreams[name] = _UpstreamChecks(health, now + health.interval)
-                else:
+                else:  # changed by a reload: the verdicts and runs so far are kept
                     checks.health, checks.due = health, now + health.interval
             self._forget_departed(checks, upstream)
             if now >= checks.due:
@@ -255,9 +273,13 @@ class HealthChecker(Service):
             if upstream is not None and upstream.pool.server(address) is tracked.server:
                 if upstream.pool.set_healthy(address, True):
                     restored.append(address)
-        if upstream is not None:
-            log.info("upstream {upstream}: health checks off{restored}", upstream=name,
-                     restored=f"; back in rotation: {', '.join(restored)}" if restored else "")
+        if upstream is None:
+            return
+        if restored:
+            log.info("upstream {upstream}: health checks off; back in rotation: {servers}", upstream=name,
+                     servers=", ".join(restored))
+        else:
+            log.info("upstream {upstream}: health checks off", upstream=name)
 
     def _forget_departed(self, checks: _UpstreamChecks, upstream: Upstream) -> None:
         for address, tracked in list(checks.servers.items()):
@@ -285,7 +307,8 @@ class HealthChecker(Service):
                 self._record(name, tracked, f"cannot start the check: {error}")
                 continue
             tracked.check = check.result
-            check.result.addCallbacks(self._checked, _ignore_cancelled, (name, tracked))
+            check.result.addCallbacks(self._checked, _ignore_cancelled, callbackArgs=(name, tracked),
+                                      errbackArgs=(name, tracked))
 
     def _checked(self, reason: str | None, name: str, tracked: _Tracked) -> None:
         tracked.check = None

@@ -34,10 +34,35 @@ def process_environment() -> dict[str, str]:
 def build_process_monitor(processes: Sequence[ProcessConfig], source: str, reactor) -> ProcessMonitor:
     """A ProcessMonitor for *processes*; raises ConfigError for a command that does not exist."""
     # Imported here: procmon imports the global reactor, which must not happen at import time.
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import LoopingCall
     from twisted.runner.procmon import ProcessMonitor
 
+    class SupervisedProcesses(ProcessMonitor):
+        """A ProcessMonitor whose stop waits until every process has exited.
+
+        Twisted's own sends SIGTERM, schedules SIGKILL after killTime and
+        returns at once, so twistd would exit before the SIGKILL, leaving a
+        process that ignores SIGTERM behind (holding its port).
+        """
+
+        def stopService(self) -> Deferred:
+            super().stopService()
+            stopped: Deferred = Deferred()
+            deadline = self._clock.seconds() + self.killTime + 2
+
+            def check() -> None:
+                if not self.protocols or self._clock.seconds() >= deadline:
+                    poll.stop()
+                    stopped.callback(None)
+
+            poll = LoopingCall(check)
+            poll.clock = self._clock
+            poll.start(0.1, now=True)
+            return stopped
+
     env = process_environment()
-    monitor = ProcessMonitor(reactor=reactor)
+    monitor = SupervisedProcesses(reactor=reactor)
     monitor.setName("processes")
     monitor.threshold = 1  # a process that lives less than this many seconds died "quickly"
     monitor.minRestartDelay = 1

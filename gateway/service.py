@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from gateway.accesslog import AccessLogWriter
 from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, ListenerConfig, load_config
 from gateway.core.routing import RouteTable
+from gateway.health import HealthChecker
 from gateway.http.proxy import ProxyContext
 from gateway.http.server import HTTP11ServerFactory
 from gateway.live import LiveUpstreams, StateStore, read_live_changes
@@ -125,19 +126,19 @@ class ConfigReloader(Service):
         self._config = config
         self._live = live
         self._tls_listeners = tls_listeners
-        self._previous_handler = None
 
     def startService(self) -> None:
         super().startService()
-        self._previous_handler = signal.signal(signal.SIGHUP, self._on_signal)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGHUP, self._previous_handler)
+        signal.signal(signal.SIGHUP, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self._reactor.callFromThread(self.reload)
+        # The handler stays installed while the gateway stops: SIGHUP's default
+        # action would kill it in the middle of draining requests.
+        self._reactor.callFromThread(self.reload if self.running else self._ignore)
+
+    @staticmethod
+    def _ignore() -> None:
+        log.info("SIGHUP ignored: the gateway is shutting down")
 
     def reload(self) -> Deferred:
         path = self._config.source
@@ -250,7 +251,7 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     """All of the gateway for *config*, as one service for twistd to run.
 
     Children start in this order and stop in the reverse one: processes,
-    access log, backend connections, listeners, SIGHUP reloader, admin API.
+    access log, backend connections, listeners, health checks, SIGHUP reloader, admin API.
     """
     root = SequentialMultiService()
     if config.processes:
@@ -265,6 +266,9 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     live = LiveUpstreams(reactor, context, config, read_live_changes(config.state_file), store)
     live.apply_config(config)
     UpstreamConnectionsService(context).setServiceParent(root)
+    if config.admin is not None:
+        # Bound before the listeners (so it answers as soon as they do), stopped after their drain.
+        AdminService(reactor, config.admin, live).setServiceParent(root)
     # The listeners stop (and drain) together, before anything added earlier stops.
     listeners = MultiService()
     listeners.setServiceParent(root)
@@ -275,7 +279,7 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
             tls_listeners[listener.name] = tls
         ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls,
                         config.shutdown_timeout).setServiceParent(listeners)
+    # Active health checks: after the listeners, so that they stop first.
+    HealthChecker(reactor, context).setServiceParent(root)
     ConfigReloader(reactor, config, live, tls_listeners).setServiceParent(root)
-    if config.admin is not None:
-        AdminService(reactor, config.admin, live).setServiceParent(root)
     return root

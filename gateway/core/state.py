@@ -99,7 +99,7 @@ class LiveChanges:
             if not isinstance(servers, dict):
                 raise ConfigError(f"{source}: upstreams.{name}: expected a mapping of addresses")
             for address, change in servers.items():
-                where = f"{source}: upstreams.{name}.{address}"
+                where = f"state file {source}: upstreams.{name}.{address}"
                 try:
                     parse_address(address)
                 except ValueError as error:
