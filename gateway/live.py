@@ -90,7 +90,8 @@ def describe_upstream(pool: UpstreamPool) -> dict[str, Any]:
 def describe_server(server) -> dict[str, Any]:
     return {"address": server.address, "weight": server.weight, "state": server.status,
             "active_requests": server.active, "total_requests": server.total,
-            "recent_failures": server.failures, "removing": server.removing}
+            "recent_failures": server.recent_failures, "total_failures": server.failures,
+            "removing": server.removing}
 
 
 class LiveUpstreams:

@@ -103,7 +103,7 @@ class AdminResource(Resource):
     def _authorize(self, request: Request) -> None:
         if self._token is None:
             return
-        header = request.getHeader(b"authorization") or ""
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="gateway"')

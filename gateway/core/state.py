@@ -114,6 +114,8 @@ def _parse_change(change: Any, where: str) -> ServerChange:
             raise ValueError("expected a mapping")
         if change.get("removed") is True:
             return ServerChange(removed=True)
+        if "weight" not in change or "state" not in change:
+            raise ValueError("expected a weight and a state (or removed: true)")
         weight, state = change["weight"], change["state"]
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1 or state not in LIVE_STATES:
             raise ValueError("expected an integer weight >= 1 and a state of up or draining")
