@@ -8,9 +8,13 @@ Routes:
   repeated, from a generator (no Content-Length, so Gunicorn sends it chunked).
 - ``GET /sized?bytes=N``: the same bytes, with a Content-Length.
 - ``POST /upload`` (or PUT): reads the body in pieces, answers
-  ``{"bytes": count, "sha256": hex}``.
+  ``{"bytes": count, "sha256": hex}``; ``?delay=S`` waits S seconds (at most
+  30) before reading, like a slow consumer.
 - ``/echo`` (any method): what the request looked like on arrival.
-- ``GET /healthz``: ``ok``.
+- ``GET /healthz``: ``ok``; while the file named by the ``HEALTH_FILE``
+  environment variable exists, what the file says: a status (empty: 503),
+  or ``sleep S`` to answer only after S seconds (at most 30).  Tests use it
+  to make a backend fail its health checks on demand.
 - ``GET /status/<code>``: an answer with that status.
 - ``GET /sleep?seconds=S``: answers after S seconds (at most 30), to keep a
   request in flight (least_conn tests).
@@ -18,6 +22,7 @@ Routes:
 
 from __future__ import annotations
 
+import os
 import time
 from html import escape
 from flask import abort, jsonify, request
@@ -70,6 +75,11 @@ def sized() -> Response:
 
 @app.route("/upload", methods=["POST", "PUT"])
 def upload() -> Response:
+    delay = request.args.get("delay", 0.0, type=float)
+    if delay is None or not 0 <= delay <= 30:
+        abort(400, "delay must be a number from 0 to 30")
+    if delay:
+        time.sleep(delay)  # a slow consumer: the sender must be held back meanwhile
     count, sha256 = common.read_body()
     return jsonify(bytes=count, sha256=sha256, served_by=common.served_by())
 
@@ -81,7 +91,17 @@ def echo() -> Response:
 
 @app.get("/healthz")
 def healthz() -> Response:
-    return Response("ok", mimetype="text/plain")
+    path = os.environ.get("HEALTH_FILE", "")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            override = stream.read().strip()
+    except OSError:  # no HEALTH_FILE (open("") fails too), or no such file: healthy
+        return Response("ok", mimetype="text/plain")
+    if override.startswith("sleep"):
+        time.sleep(min(max(float(override[5:] or 1), 0.0), 30.0))
+        return Response("ok", mimetype="text/plain")
+    code = int(override) if override.isdigit() else 503
+    return Response(f"unhealthy (status {code} from {path})\n", status=code, mimetype="text/plain")
 
 
 @app.get("/status/<int:code>")

@@ -97,6 +97,23 @@ def test_echo_shows_raw_headers_and_proxyfixed_view(backends) -> None:
     assert (echo["body_bytes"], echo["body_sha256"]) == (5, hashlib.sha256(b"hello").hexdigest())
 
 
+def test_echo_shows_the_tcp_peer(backends) -> None:
+    with KeepAliveClient(backends.web1.port) as client:
+        peers = {json.loads(client.get("/echo")[2])["peer"] for _ in range(3)}
+        assert peers == {f"127.0.0.1:{client.local_port}"}  # before ProxyFix, whatever X-Forwarded-For says
+    other = json.loads(http_get(backends.web1.port, "/echo", headers={"X-Forwarded-For": "10.1.1.1"})[2])
+    assert other["peer"] != peers.pop() and other["peer"].startswith("127.0.0.1:")
+
+
+def test_sleep_and_upload_delay(backends) -> None:
+    status, headers, body = http_get(backends.web2.port, "/sleep?seconds=0.2")
+    assert status == 200 and json.loads(body)["slept"] == 0.2
+    assert http_get(backends.web2.port, "/sleep?seconds=31")[0] == 400
+    status, _, body = http_get(backends.web2.port, "/upload?delay=0.1", method="POST", body=b"abc")
+    assert status == 200 and json.loads(body)["bytes"] == 3
+    assert http_get(backends.web2.port, "/upload?delay=-1", method="POST", body=b"abc")[0] == 400
+
+
 def test_status_endpoint(backends) -> None:
     assert http_get(backends.web1.port, "/status/503")[0] == 503
     status, _, body = http_get(backends.web1.port, "/status/204")
