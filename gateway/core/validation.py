@@ -38,7 +38,7 @@ def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[by
         return 400, b"Bad Request", 'Transfer-Encoding must be exactly "chunked"'
     if transfer_encodings and content_lengths:
         return 400, b"Bad Request", "both Content-Length and Transfer-Encoding"
-    if not target.startswith(b"/") or not _TARGET_CHARACTERS.fullmatch(target.decode("latin-1")):
+    if not target.startswith(b"/") or b"#" in target or not _TARGET_CHARACTERS.fullmatch(target.decode("latin-1")):
         return 400, b"Bad Request", "the request-target must be a path starting with /"
     return None
 

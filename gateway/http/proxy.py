@@ -42,7 +42,7 @@ class ResponseSink(TypingProtocol):
     read_gate: ReadGate
 
     def send_head(self, head: RequestHead, status: int, reason: bytes, headers: Headers, body: int,
-                  content_length: int | None) -> None: ...
+                  content_length: int | None, close: bool = False) -> None: ...
 
     def send_body(self, data: bytes) -> None: ...
 
@@ -122,10 +122,10 @@ def respond_locally(sink: ResponseSink, head: RequestHead | None, status: int, r
                     close: bool, extra_headers: Headers = ()) -> None:
     headers = [(b"Content-Type", b"text/plain; charset=utf-8"), *extra_headers]
     if head is None or head.method != b"HEAD":
-        sink.send_head(head, status, reason, headers, FIXED_LENGTH, len(body))
+        sink.send_head(head, status, reason, headers, FIXED_LENGTH, len(body), close)
         sink.send_body(body)
     else:
-        sink.send_head(head, status, reason, headers, NO_BODY, len(body))
+        sink.send_head(head, status, reason, headers, NO_BODY, len(body), close)
     sink.finish_response(close=close)
 
 

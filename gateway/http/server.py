@@ -66,6 +66,8 @@ class HTTP11ServerProtocol(Protocol):
         self._timeouts = listener.timeouts
         self._limits = listener.limits
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
+        self._unframed = 0  # bytes fed to the parser since the head began or body data last came out
+        self._body_seen = 0  # request body bytes the parser has delivered, ever
         self._timer = None  # the one timer of the connection (see _set_deadline)
         self._deadline = 0.0
         self._deadline_kind = ""  # "header", "idle" or "body": what the client is expected to send
@@ -102,10 +104,9 @@ class HTTP11ServerProtocol(Protocol):
             self._deadline = self._clock.seconds() + self._timeouts.body
         while data and not self._closing:
             try:
+                body_before = self._body_seen
                 self._parser.feed_data(data)
-                if self._deadline_kind == "header" and self._head_size > 2 * self._limits.max_header_bytes:
-                    # A single header line still being received: llhttp gathers it whole, so stop here.
-                    self._protocol_error(431, b"Request Header Fields Too Large", "request header too large")
+                self._check_unframed_bytes(len(data), self._body_seen - body_before)
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 data = data[upgrade.args[0]:]
@@ -127,7 +128,11 @@ class HTTP11ServerProtocol(Protocol):
                 self._protocol_error(500, b"Internal Server Error", "internal error")
                 return
             except httptools.HttpParserError as error:
-                if not self._closing:  # after a refused request, nothing more is answered
+                if self._closing:
+                    return  # after a refused request, nothing more is answered
+                if "Invalid HTTP version" in str(error):
+                    self._protocol_error(505, b"HTTP Version Not Supported", "HTTP/1.0 and HTTP/1.1 only")
+                else:
                     self._protocol_error(400, b"Bad Request", f"malformed request: {error}")
                 return
 
@@ -153,6 +158,7 @@ class HTTP11ServerProtocol(Protocol):
         self._url_parts = []
         self._headers = []
         self._head_size = 0
+        self._unframed = 0
         if self._deadline_kind != "header":
             self._set_deadline("header", self._timeouts.header)
 
@@ -202,7 +208,8 @@ class HTTP11ServerProtocol(Protocol):
             method=method, target=target, path=path if path is not None else "",
             query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
             headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
-            scheme=self._scheme, keep_alive=parser.should_keep_alive(),
+            # HTTP/1.0 with Transfer-Encoding: the connection must close after it (RFC 9112 6.1).
+            scheme=self._scheme, keep_alive=parser.should_keep_alive() and not (chunked and version == b"1.0"),
             body=CHUNKED if chunked else (FIXED_LENGTH if content_length is not None else NO_BODY),
             content_length=content_length,
             expect_continue=expect_continue and version == b"1.1" and (chunked or bool(content_length)),
@@ -247,6 +254,7 @@ class HTTP11ServerProtocol(Protocol):
         self._enqueue(exchange)
 
     def on_body(self, data: bytes) -> None:
+        self._body_seen += len(data)
         if self._reading is not None:
             self._reading.body_received(data)
 
@@ -262,8 +270,10 @@ class HTTP11ServerProtocol(Protocol):
     # -- ResponseSink -----------------------------------------------------------
 
     def send_head(self, head: RequestHead | None, status: int, reason: bytes, headers: Headers, body: int,
-                  content_length: int | None) -> None:
-        keep_alive = head is not None and head.keep_alive and not self._closing and not self._draining
+                  content_length: int | None, close: bool = False) -> None:
+        # Parsing stopped (refused request, upgrade): the last queued response closes the connection.
+        last = self._closing and len(self._exchanges) <= 1
+        keep_alive = head is not None and head.keep_alive and not close and not last and not self._draining
         chunked = False
         framing: Headers = []
         if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
@@ -301,7 +311,7 @@ class HTTP11ServerProtocol(Protocol):
         self._head_sent = False
         if self._exchanges:
             self._exchanges.popleft()
-        if close or not self._keep_alive:
+        if close or not self._keep_alive or (self._closing and not self._exchanges):
             self._close_after_response()
             return
         if len(self._exchanges) <= 1:
@@ -359,6 +369,27 @@ class HTTP11ServerProtocol(Protocol):
         if problem is None and path is None:
             problem = 400, b"Bad Request", "invalid path (dot-segments above the root, or a bad %-escape)"
         return problem
+
+    def _check_unframed_bytes(self, fed: int, body: int) -> None:
+        """Bound what llhttp buffers outside body data: a header or trailer line that never ends.
+
+        httptools gathers a header field whole before handing it over, so a
+        field that never ends would grow without limit; the same goes for
+        trailers and chunk extensions.  Bytes fed since the head began (or
+        since body data last came out) are counted, one read's worth of
+        slack included, and the connection refused beyond twice the limit.
+        """
+        if body:
+            self._unframed = 0
+            return
+        if self._deadline_kind not in ("header", "body"):
+            return
+        self._unframed += fed
+        if self._unframed > 2 * self._limits.max_header_bytes + 65536:
+            if self._deadline_kind == "header" and self._url_parts and not self._headers:
+                self._protocol_error(414, b"URI Too Long", "request-target too long")
+            else:
+                self._protocol_error(431, b"Request Header Fields Too Large", "request header or trailer too large")
 
     def _set_deadline(self, kind: str, seconds: float) -> None:
         """Expect the client to send *kind* within *seconds* (an empty kind: nothing expected).
