@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol as TypingProtocol
 
+from twisted.internet.error import ConnectingCancelledError, TimeoutError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -163,6 +164,7 @@ class ProxyExchange:
         self._finished = False
         self._upstream_started = 0.0
         self._first_try_at = 0.0
+        self._timed_out = False  # the last try failed by a connect timeout: 504 rather than 502
 
     # -- driven by the client side -------------------------------------------------
 
@@ -238,7 +240,7 @@ class ProxyExchange:
                 config = self._upstream.config
                 if not may_try_again(len(self._tried), config.retries, len(pool.servers), self._first_try_at,
                                      config.retry_timeout, now):
-                    self._respond_error(502, b"Bad Gateway", "no backend server could take the request")
+                    self._no_server_left()
                     return
             else:
                 self._first_try_at = now
@@ -247,7 +249,7 @@ class ProxyExchange:
                 if not self._tried:
                     self._respond_error(503, b"Service Unavailable", "no server available for this request")
                 else:
-                    self._respond_error(502, b"Bad Gateway", "no backend server could take the request")
+                    self._no_server_left()
                 return
             self._server = server
             self._tried.append(server)
@@ -258,6 +260,7 @@ class ProxyExchange:
     def _connection_failed(self, reason: Failure) -> None:
         if self._finished:
             return
+        self._timed_out = reason.check(TimeoutError, ConnectingCancelledError) is not None
         server = self._server
         log.warn("cannot connect to {server} of upstream {upstream}: {error}", server=server.address,
                  upstream=self._upstream.pool.name, error=reason.getErrorMessage())
@@ -390,6 +393,12 @@ class ProxyExchange:
         else:
             self._sink.read_gate.resume(BACKPRESSURE)
             self._respond_error(504, b"Gateway Timeout", "the backend server did not answer in time")
+
+    def _no_server_left(self) -> None:
+        if self._timed_out:
+            self._respond_error(504, b"Gateway Timeout", "no backend server answered the connection in time")
+        else:
+            self._respond_error(502, b"Bad Gateway", "no backend server could take the request")
 
     def _server_failed(self, server: ServerState) -> None:
         if self._upstream.pool.record_failure(server, self._context.reactor.seconds()):
