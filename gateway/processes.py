@@ -76,3 +76,4 @@ def build_process_monitor(processes: Sequence[ProcessConfig], source: str, react
                               f"(looked in PATH, including {os.path.dirname(sys.executable)})")
         monitor.addProcess(process.name, [executable, *process.argv[1:]], env=env, cwd=cwd)
     return monitor
+

@@ -28,6 +28,7 @@ from gateway.http.proxy import ProxyContext
 from gateway.http.server import HTTP11ServerFactory
 from gateway.live import LiveUpstreams, StateStore, read_live_changes
 from gateway.processes import build_process_monitor
+from gateway.readiness import BackendsReady
 from gateway.tls import ServerTLS
 
 log = Logger(namespace="gateway")
@@ -43,8 +44,10 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory,
-                 tls: ServerTLS | None = None, shutdown_timeout: float = 10.0) -> None:
+                 tls: ServerTLS | None = None, shutdown_timeout: float = 10.0,
+                 backends: BackendsReady | None = None) -> None:
         self._reactor = reactor
+        self._backends = backends
         self._listener = listener
         self._http_factory = factory
         self._shutdown_timeout = shutdown_timeout
@@ -65,6 +68,13 @@ class ListenerService(Service):
         address = self.port.getHost()
         log.info("listener {name} serving {scheme} on {host}:{port}", name=listener.name, host=address.host,
                  port=address.port, scheme="https" if self.tls is not None else "http")
+
+    def startService(self) -> None:
+        super().startService()
+        if self._backends is not None and self.port is not None:
+            port = self.port
+            port.stopReading()  # connections wait in the backlog until the backends listen
+            self._backends.ready().addCallback(lambda _: port.startReading() if port.connected else None)
 
     def stopService(self) -> Deferred | None:
         """Stop accepting, then let the requests in flight finish (within the shutdown timeout)."""
@@ -272,13 +282,18 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     # The listeners stop (and drain) together, before anything added earlier stops.
     listeners = MultiService()
     listeners.setServiceParent(root)
+    backends = None
+    if config.processes:
+        backends = BackendsReady(reactor, {(server.host, server.port) for upstream in config.upstreams.values()
+                                           for server in upstream.servers})
+        reactor.callWhenRunning(backends.start)
     tls_listeners: dict[str, ServerTLS] = {}
     for listener in config.listeners:
         tls = build_tls(listener, config.source) if listener.tls is not None else None
         if tls is not None:
             tls_listeners[listener.name] = tls
         ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls,
-                        config.shutdown_timeout).setServiceParent(listeners)
+                        config.shutdown_timeout, backends).setServiceParent(listeners)
     # Active health checks: after the listeners, so that they stop first.
     HealthChecker(reactor, context).setServiceParent(root)
     ConfigReloader(reactor, config, live, tls_listeners).setServiceParent(root)

@@ -126,8 +126,12 @@ class UpstreamPool:
         return False
 
     def record_success(self, server: ServerState) -> None:
+        """A response came: the failure count restarts, and a server taken out is back (it works)."""
         if server.recent_failures:
             server.recent_failures = 0
+        if server.down_until:
+            server.down_until = 0.0
+            self._refresh()
 
     def set_healthy(self, address: str, healthy: bool) -> bool:
         """Active health checks' verdict; True when it changed."""

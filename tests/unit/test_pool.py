@@ -112,3 +112,14 @@ def test_choose_never_returns_a_tried_server(weights, data):
         assert chosen is None
     else:
         assert chosen in upstream.servers and chosen not in tried
+
+
+def test_a_response_from_a_server_taken_out_brings_it_back():
+    """Passive health took both out (say, while the backends were starting); one answers: it is back."""
+    upstream = pool(1, 1)
+    first, second = upstream.servers
+    assert upstream.record_failure(first, 100.0) and upstream.record_failure(second, 100.0)
+    assert first.status == second.status == "down"
+    upstream.record_success(first)
+    assert first.status == "up" and second.status == "down"
+    assert upstream.choose("k", now=101.0) is first  # the other stays out until its fail_timeout ends
