@@ -13,10 +13,11 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from gateway import certs
 from gateway.admin.client import DEFAULT_ADMIN_URL, DEFAULT_TIMEOUT, AdminClient, AdminError, admin_url
+from gateway.admin.tokens import TokenError, read_token
 from gateway.core.config import ConfigError, load_config
 
 
@@ -71,15 +72,6 @@ def certs_show(args: argparse.Namespace) -> int:
     return status
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 day, got {value}")
-    return value
-
 
 GENERATE_DESCRIPTION = (
     "Create a local certificate authority (OUT/ca.crt, OUT/ca.key) and a server certificate signed by it "
@@ -99,7 +91,7 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--ip", action="append", default=[], metavar="ADDR",
                           help="an IP address for subjectAltName (repeatable). "
                                "Default with neither --host nor --ip: localhost, 127.0.0.1, ::1")
-    generate.add_argument("--days", type=_positive_int, default=certs.SERVER_DAYS, metavar="N",
+    generate.add_argument("--days", type=_at_least_one("days"), default=certs.SERVER_DAYS, metavar="N",
                           help=f"validity of the server certificate (default: {certs.SERVER_DAYS})")
     generate.add_argument("--name", default=certs.DEFAULT_NAME,
                           help="base name of the certificate files: NAME.crt, NAME.key (default: gateway)")
@@ -135,7 +127,10 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
             url = admin_url(config.admin.host, config.admin.port)
             if token_file is None and config.admin.token_file is not None:
                 token_file = _config_relative(config.admin.token_file, args.config)
-    token = read_token(token_file) if token_file is not None else None
+    try:
+        token = read_token(token_file) if token_file is not None else None
+    except TokenError as error:
+        raise CommandError(str(error)) from None
     timeout = args.timeout
     if timeout is None:
         timeout = WAIT_TIMEOUT if getattr(args, "wait", False) else DEFAULT_TIMEOUT
@@ -148,18 +143,6 @@ def _config_relative(path: str, config_path: str) -> str:
         return path
     beside = os.path.join(os.path.dirname(os.path.abspath(config_path)), path)
     return beside if os.path.exists(beside) else path
-
-
-def read_token(path: str) -> str:
-    """The bearer token: the first line of *path*."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            token = stream.readline().strip()
-    except OSError as error:
-        raise CommandError(f"cannot read the admin token file {path}: {error.strerror}") from None
-    if not token:
-        raise CommandError(f"the admin token file {path} is empty")
-    return token
 
 
 def run_backends(action):
@@ -249,14 +232,19 @@ def backends_remove(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _weight(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def _at_least_one(what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number >= 1 (days, a weight)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {what} >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {what} >= 1, got {value}")
+        return value
+
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -301,7 +289,7 @@ def add_backends_parser(commands: argparse._SubParsersAction) -> None:
                              description="Add a server to an upstream; it takes requests at once.")
     add.add_argument("upstream", metavar="UPSTREAM")
     add.add_argument("address", metavar="HOST:PORT")
-    add.add_argument("--weight", type=_weight, metavar="N", help="its share of requests (default: 1)")
+    add.add_argument("--weight", type=_at_least_one("weight"), metavar="N", help="its share of requests (default: 1)")
     add.set_defaults(run=run_backends(backends_add))
     remove = actions.add_parser("remove", parents=[common], help="remove a server (after its requests finish)",
                                 description="Remove a server: it takes no new requests, the requests in "
@@ -315,7 +303,7 @@ def add_backends_parser(commands: argparse._SubParsersAction) -> None:
                                             "new requests but stays listed; --up brings it back.")
     change.add_argument("upstream", metavar="UPSTREAM")
     change.add_argument("address", metavar="HOST:PORT")
-    change.add_argument("--weight", type=_weight, metavar="N", help="its new share of requests")
+    change.add_argument("--weight", type=_at_least_one("weight"), metavar="N", help="its new share of requests")
     states = change.add_mutually_exclusive_group()
     states.add_argument("--drain", action="store_true", help="take no new requests (requests in flight finish)")
     states.add_argument("--up", action="store_true", help="take requests again")

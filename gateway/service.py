@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.accesslog import AccessLogWriter
+from gateway.admin.tokens import TokenError, read_token
 from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, ListenerConfig, load_config
 from gateway.core.routing import RouteTable
 from gateway.health import HealthChecker
@@ -208,7 +209,10 @@ class AdminService(Service):
         super().privilegedStartService()
         from gateway.admin.api import build_admin_site
 
-        token = read_admin_token(self._config.token_file) if self._config.token_file else None
+        try:
+            token = read_token(self._config.token_file) if self._config.token_file else None
+        except TokenError as error:
+            raise SystemExit(f"gateway: admin.token_file: {error}") from None
         try:
             self.port = self._reactor.listenTCP(self._config.port, build_admin_site(self._live, token),
                                                 interface=self._config.host)
@@ -224,18 +228,6 @@ class AdminService(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
-
-
-def read_admin_token(path: str) -> str:
-    """The admin bearer token: the file's first line (start-up only: blocking)."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            token = stream.readline().strip()
-    except OSError as error:
-        raise SystemExit(f"gateway: cannot read admin.token_file {path}: {error.strerror}") from None
-    if not token:
-        raise SystemExit(f"gateway: admin.token_file {path} is empty")
-    return token
 
 
 def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.core.accesslog import AccessRecord
-from gateway.core.config import ListenerConfig, RedirectConfig
+from gateway.core.config import ListenerConfig
 from gateway.core.headers import Headers, serialize_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
 from gateway.core.routing import prefix_matches
