@@ -62,7 +62,7 @@ class HTTP11ClientProtocol(Protocol):
         self.gate: ReadGate | None = None
         self.connected_handler = None  # set by the connection pool while connecting
         self.on_idle_lost = None  # set by the connection pool while the connection is idle
-        self.idle_timer = None
+        self.idle_since = 0.0  # when the pool last took it back
         self.requests_sent = 0
         self.response_started = False
         self._parser: httptools.HttpResponseParser | None = None
@@ -127,9 +127,6 @@ class HTTP11ClientProtocol(Protocol):
         if self.tunnel is not None:
             self.tunnel.backend_closed()
             return
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.cancel()
-        self.idle_timer = None
         handler, self.handler = self.handler, None
         if handler is not None:
             if self._body_framing == UNTIL_CLOSE and self._head_done:
@@ -250,7 +247,8 @@ class HTTP11ClientProtocol(Protocol):
             self._read_timer = None
 
     def _finish(self, keep_alive: bool) -> None:
-        self._stop_read_timer()
+        # The read timer stays armed: the next request on this connection reuses it, and
+        # if none comes it fires once, finds no handler and lapses (cheaper than cancelling).
         handler, self.handler = self.handler, None
         self._head_done = False
         if handler is not None:

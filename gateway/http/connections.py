@@ -50,7 +50,8 @@ class UpstreamConnections:
         self.keepalive_timeout = keepalive_timeout
         self.keepalive_connections = keepalive_connections
         self.connect_timeout = connect_timeout
-        self._idle: dict[str, list[HTTP11ClientProtocol]] = {}
+        self._idle: dict[str, list[HTTP11ClientProtocol]] = {}  # oldest first, most recently used last
+        self._sweeper = None  # one timer for the whole pool, at the next idle connection's expiry
 
     def acquire(self, server: ServerState, ready: ReadyCallback, failed: FailedCallback) -> None:
         """Call ``ready(connection, reused)`` with a connection to *server*, or ``failed(reason)``.
@@ -61,9 +62,6 @@ class UpstreamConnections:
         while idle:
             connection = idle.pop()
             connection.on_idle_lost = None
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-                connection.idle_timer = None
             if connection.usable:
                 ready(connection, True)
                 return
@@ -78,9 +76,10 @@ class UpstreamConnections:
             return
         connection.gate.clear()  # keep reading, so that a close by the backend is noticed
         connection.on_idle_lost = lambda conn: self._forget(server.address, conn)
-        connection.idle_timer = self._reactor.callLater(self.keepalive_timeout, self._expire, server.address,
-                                                        connection)
+        connection.idle_since = self._reactor.seconds()
         idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = self._reactor.callLater(self.keepalive_timeout, self._sweep)
 
     def close_idle(self, address: str | None = None) -> None:
         """Close the idle connections to one server (that left the pool), or to all (on shutdown)."""
@@ -93,10 +92,26 @@ class UpstreamConnections:
     def idle_count(self, address: str) -> int:
         return len(self._idle.get(address, ()))
 
-    def _expire(self, address: str, connection: HTTP11ClientProtocol) -> None:
-        connection.idle_timer = None
-        self._forget(address, connection)
-        connection.transport.loseConnection()
+    def _sweep(self) -> None:
+        """Close the connections idle for keepalive_timeout; come back at the next expiry.
+
+        One timer per pool rather than one per released connection: under
+        load, connections are reused long before they expire, and a timer
+        set and cancelled for every request would cost more than the request.
+        """
+        self._sweeper = None
+        now = self._reactor.seconds()
+        next_expiry = None
+        for idle in self._idle.values():
+            while idle and now - idle[0].idle_since >= self.keepalive_timeout:
+                connection = idle.pop(0)
+                connection.on_idle_lost = None
+                connection.transport.loseConnection()
+            if idle:
+                expiry = idle[0].idle_since + self.keepalive_timeout
+                next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+        if next_expiry is not None:
+            self._sweeper = self._reactor.callLater(max(0.0, next_expiry - now), self._sweep)
 
     def _forget(self, address: str, connection: HTTP11ClientProtocol) -> None:
         idle = self._idle.get(address)

@@ -250,10 +250,9 @@ def test_unsolicited_data_on_an_idle_connection_aborts_it(conn):
     assert lost == [conn.protocol]
 
 
-def test_idle_connection_lost_reports_to_the_pool_and_cancels_its_timer(conn):
+def test_idle_connection_lost_reports_to_the_pool(conn):
     lost = []
     conn.protocol.on_idle_lost = lost.append
-    conn.protocol.idle_timer = conn.reactor.callLater(10, lambda: None)
     conn.transport.peer_closes()
     assert lost == [conn.protocol]
     assert conn.reactor.getDelayedCalls() == []

@@ -83,7 +83,6 @@ def test_released_connection_is_reused(pool):
     assert len(pool.connects) == 1
     assert pool.connections.idle_count(SERVER_A.address) == 0
     assert protocol.on_idle_lost is None
-    assert protocol.idle_timer is None
 
 
 def test_idle_connections_are_per_server(pool):
@@ -132,9 +131,10 @@ def test_backend_closing_an_idle_connection_removes_it(pool):
     pool.connections.release(SERVER_A, protocol)
     protocol.transport.peer_closes()
     assert pool.connections.idle_count(SERVER_A.address) == 0
-    assert pool.reactor.getDelayedCalls() == []
     pool.acquire()
     assert len(pool.connects) == 2
+    pool.reactor.advance(10)  # the pool's sweeper finds nothing left and stops
+    assert pool.reactor.getDelayedCalls() == []
 
 
 def test_a_connection_whose_close_has_begun_is_not_handed_out(pool):
@@ -213,3 +213,17 @@ def test_a_full_exchange_then_reuse(pool):
     assert pool.connections.idle_count(SERVER_A.address) == 1
     pool.acquire()
     assert pool.ready[-1] == (protocol, True)
+
+
+def test_one_sweeper_closes_each_idle_connection_at_its_own_expiry(pool):
+    older, newer = pool.new_connection(), pool.new_connection()
+    pool.connections.release(SERVER_A, older)
+    pool.reactor.advance(1.5)
+    pool.connections.release(SERVER_A, newer)
+    assert len(pool.reactor.getDelayedCalls()) == 1  # one timer for the pool, not one per connection
+    pool.reactor.advance(0.6)  # 2.1 s after the first release, 0.6 s after the second
+    assert older.transport.disconnecting and not newer.transport.disconnecting
+    assert pool.connections.idle_count(SERVER_A.address) == 1
+    pool.reactor.advance(1.5)
+    assert newer.transport.disconnecting
+    assert pool.reactor.getDelayedCalls() == []
