@@ -25,20 +25,27 @@ _REQUEST_REPLACED = HOP_BY_HOP | {
 _RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length"}
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """The lower-case options listed in every Connection header."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
-    tokens.discard(b"")
-    return frozenset(tokens)
+def _end_to_end(headers: Headers, replaced: frozenset[bytes],
+                collect: bytes = b"") -> tuple[Headers, list[bytes]]:
+    """The headers not in *replaced* nor named by Connection, and the values of header *collect*.
 
-
-def _end_to_end(headers: Headers, replaced: frozenset[bytes]) -> Headers:
-    listed = connection_tokens(headers)
-    drop = replaced | listed if listed else replaced
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    One pass, one ``lower()`` per header: this runs twice for every request.
+    """
+    kept: Headers = []
+    collected: list[bytes] = []
+    listed: set[bytes] | None = None
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in replaced:
+            if lower == b"connection":
+                listed = (listed or set()) | {token.strip().lower() for token in pair[1].split(b",")} - {b""}
+            if lower == collect:
+                collected.append(pair[1])
+            continue
+        kept.append(pair)
+    if listed:
+        kept = [pair for pair in kept if pair[0].lower() not in listed]
+    return kept, collected
 
 
 def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host: bytes | None) -> Headers:
@@ -48,8 +55,7 @@ def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host
     address appended (nginx's ``$proxy_add_x_forwarded_for``); X-Forwarded-Proto
     and X-Forwarded-Host are set by the gateway, never taken from the client.
     """
-    forwarded_for = [value for name, value in headers if name.lower() == b"x-forwarded-for"]
-    result = _end_to_end(headers, _REQUEST_REPLACED)
+    result, forwarded_for = _end_to_end(headers, _REQUEST_REPLACED, collect=b"x-forwarded-for")
     forwarded_for.append(client_ip.encode("ascii"))
     result.append((b"X-Forwarded-For", b", ".join(forwarded_for)))
     result.append((b"X-Forwarded-Proto", scheme.encode("ascii")))
@@ -60,7 +66,7 @@ def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host
 
 def downstream_response_headers(headers: Headers) -> Headers:
     """The end-to-end headers of a backend's response, without its framing."""
-    return _end_to_end(headers, _RESPONSE_REPLACED)
+    return _end_to_end(headers, _RESPONSE_REPLACED)[0]
 
 
 def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:

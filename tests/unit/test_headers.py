@@ -7,7 +7,6 @@ from hypothesis import given, strategies as st
 
 from gateway.core.headers import (
     HOP_BY_HOP,
-    connection_tokens,
     downstream_response_headers,
     serialize_headers,
     upstream_request_headers,
@@ -30,8 +29,13 @@ def values(headers, name: bytes) -> list[bytes]:
     ([(b"Connection", b"")], set()),
     ([(b"Host", b"close")], set()),
 ])
-def test_connection_tokens(headers, tokens):
-    assert connection_tokens(headers) == tokens
+def test_headers_named_by_connection_are_dropped(headers, tokens):
+    """Every option listed in any Connection header names a hop-by-hop header; the rest stay."""
+    extra = [(token.title(), b"v") for token in sorted(tokens)] + [(b"X-Kept", b"v")]
+    for result in (downstream_response_headers(headers + extra),
+                   upstream_request_headers(headers + extra, "10.0.0.1", "http", b"h")):
+        assert not tokens & set(names(result))
+        assert b"x-kept" in names(result) and b"connection" not in names(result)
 
 
 REQUEST = [
