@@ -471,23 +471,25 @@ def send_raw_until_close(port: int, data: bytes, timeout: float = 5.0, host: str
                          max_bytes: int = 16 * 1024 * 1024) -> tuple[bytes, bool]:
     """Like ``send_raw``, also saying whether the server closed the connection
     (True) rather than going quiet for ``timeout`` seconds (False)."""
-    received = bytearray()
-    closed = False
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(data)
-        while len(received) < max_bytes:
-            try:
-                piece = sock.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not piece:
-                closed = True
-                break
-            received += piece
-    return bytes(received), closed
+        return read_until_close(sock, max_bytes)
+
+
+def read_until_close(sock: socket.socket, max_bytes: int = 16 * 1024 * 1024) -> tuple[bytes, bool]:
+    """What arrives on *sock* until the server closes it (True) or goes quiet for its timeout (False)."""
+    received = bytearray()
+    while len(received) < max_bytes:
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            return bytes(received), False
+        except ConnectionResetError:
+            return bytes(received), True
+        if not piece:
+            return bytes(received), True
+        received += piece
+    return bytes(received), False
 
 
 # -- expectations ---------------------------------------------------------------

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import HOST, free_port, http_get, parse_responses, send_raw_until_close, start_gateway
+from harness import HOST, free_port, http_get, parse_responses, read_until_close, send_raw_until_close, start_gateway
 from misbehaving import RecordedRequest, RecordingBackend
 
 _markers = itertools.count()
@@ -396,22 +396,9 @@ def test_bad_chunk_size_arriving_later_never_completes_a_request_at_the_backend(
         sock.sendall(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"/split"))
         time.sleep(0.5)
         sock.sendall(b"zz\r\n" + SMUGGLED)
-        data = bytearray()
-        closed = False
-        for _ in range(100):
-            try:
-                piece = sock.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not piece:
-                closed = True
-                break
-            data += piece
+        data, closed = read_until_close(sock)
     assert closed
-    responses = parse_responses(bytes(data))
+    responses = parse_responses(data)
     assert [r.status for r in responses] in ([400], []), data[:500]
     new, _ = recording.since(before)
     assert "/split" not in [r.target for r in new] and "/smuggled" not in [r.target for r in new]
