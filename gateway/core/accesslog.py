@@ -6,24 +6,54 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+
+from gateway.core.messages import RequestHead
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-@dataclass(slots=True)
 class AccessRecord:
-    """What one request leaves behind for the log."""
+    """What one request leaves behind for the log.
 
-    client_ip: str
-    started: float
-    request_line: str
-    status: int = 0
-    body_bytes: int = 0
-    referer: str = "-"
-    user_agent: str = "-"
-    upstream: str = "-"
-    upstream_time: float | None = None
+    The request line, Referer and User-Agent are taken from the request head
+    only when a line is written, so that a gateway running without an access
+    log formats nothing per request.  They can also be given directly.
+    """
+
+    __slots__ = ("client_ip", "started", "status", "body_bytes", "upstream", "upstream_time", "head",
+                 "_request_line", "_referer", "_user_agent")
+
+    def __init__(self, client_ip: str, started: float, request_line: str | None = None, status: int = 0,
+                 body_bytes: int = 0, referer: str | None = None, user_agent: str | None = None,
+                 upstream: str = "-", upstream_time: float | None = None, head: RequestHead | None = None) -> None:
+        self.client_ip = client_ip
+        self.started = started
+        self.status = status
+        self.body_bytes = body_bytes
+        self.upstream = upstream
+        self.upstream_time = upstream_time
+        self.head = head
+        self._request_line = request_line
+        self._referer = referer
+        self._user_agent = user_agent
+
+    @property
+    def request_line(self) -> str:
+        if self._request_line is not None:
+            return self._request_line
+        return self.head.request_line if self.head is not None else "-"
+
+    @property
+    def referer(self) -> str:
+        return self._referer if self._referer is not None else self._header(b"referer")
+
+    @property
+    def user_agent(self) -> str:
+        return self._user_agent if self._user_agent is not None else self._header(b"user-agent")
+
+    def _header(self, name: bytes) -> str:
+        value = self.head.header(name) if self.head is not None else None
+        return "-" if value is None else value.decode("latin-1")
 
 
 class AccessLogFormatter:

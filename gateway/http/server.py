@@ -182,7 +182,6 @@ class HTTP11ServerProtocol(Protocol):
         content_lengths: list[bytes] = []
         transfer_encodings: list[bytes] = []
         expect_continue = False
-        referer = user_agent = b"-"
         upgrade = None
         for name, value in headers:
             lower = name.lower()
@@ -194,12 +193,8 @@ class HTTP11ServerProtocol(Protocol):
                 transfer_encodings.append(value)
             elif lower == b"expect":
                 expect_continue = value.lower() == b"100-continue"
-            elif lower == b"user-agent":
-                user_agent = value
             elif lower == b"upgrade":
                 upgrade = value
-            elif lower == b"referer":
-                referer = value
         chunked = bool(transfer_encodings)
         content_length = int(content_lengths[0]) if len(content_lengths) == 1 else None  # llhttp checked digits
         path_bytes, _, query = target.partition(b"?")
@@ -214,9 +209,7 @@ class HTTP11ServerProtocol(Protocol):
             content_length=content_length,
             expect_continue=expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
-        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(),
-                              request_line=head.request_line, referer=referer.decode("latin-1"),
-                              user_agent=user_agent.decode("latin-1"))
+        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(), head=head)
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
