@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -98,18 +98,32 @@ class LiveUpstreams:
     """Applies configurations and operators' changes to the running upstreams."""
 
     def __init__(self, reactor, context: ProxyContext, config: GatewayConfig, changes: LiveChanges,
-                 store: StateStore | None) -> None:
+                 store: StateStore | None, on_server_gone: Callable[[str, str], None] | None = None) -> None:
         self._reactor = reactor
         self._context = context
         self._config = config
         self._changes = changes
         self._store = store
+        self._on_server_gone = on_server_gone
         self._departures: dict[tuple[str, str], list[Deferred]] = {}
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def changes(self) -> LiveChanges:
+        return self._changes
 
     # -- configuration (start-up and SIGHUP) ------------------------------------------------
 
-    def apply_config(self, config: GatewayConfig) -> None:
-        """Make the upstreams and routes those of *config* plus the live changes, for new requests."""
+    def apply_config(self, config: GatewayConfig, changes: LiveChanges | None = None) -> None:
+        """Make the upstreams and routes those of *config* plus the live changes, for new requests.
+
+        *changes* replaces the live changes held so far (a worker gets them from the master).
+        """
+        if changes is not None:
+            self._changes = changes
         for name in self._changes.prune(set(config.upstreams)):
             log.warn("live changes to upstream {name} dropped: it is no longer in the configuration", name=name)
         upstreams = dict(self._context.upstreams)
@@ -146,6 +160,15 @@ class LiveUpstreams:
             return {"upstreams": [describe_upstream(upstream.pool) for upstream in self._context.upstreams.values()]}
         return describe_upstream(self._upstream(name).pool)
 
+    def removing(self) -> list[tuple[str, str]]:
+        """``(upstream, address)`` of every server still draining before it leaves."""
+        return [(upstream.pool.name, server.address) for upstream in self._context.upstreams.values()
+                for server in upstream.pool.servers if server.removing]
+
+    def describe_workers(self) -> Any:
+        """One process serves traffic: no workers (see gateway.workers.master for ``workers: N``)."""
+        return {"pid": os.getpid(), "workers": []}
+
     def add_server(self, name: str, address: str, weight: int) -> Deferred:
         """Add a server; fires with its description once the change is persisted."""
         upstream = self._upstream(name)
@@ -176,8 +199,8 @@ class LiveUpstreams:
         self._changes.record(name, server.address, server.weight, server.state)
         return self._persist().addCallback(lambda _: describe_server(server))
 
-    def remove_server(self, name: str, address: str) -> tuple[bool, Deferred, Deferred]:
-        """Start removing a server: ``(gone now, fires when gone, fires when persisted)``."""
+    def remove_server(self, name: str, address: str) -> Deferred:
+        """Start removing a server; fires once persisted with ``(gone now, a Deferred that fires when gone)``."""
         upstream = self._upstream(name)
         server = upstream.pool.server(address)
         if server is None:
@@ -185,9 +208,8 @@ class LiveUpstreams:
         gone_deferred: Deferred = Deferred()
         self._departures.setdefault((name, server.address), []).append(gone_deferred)
         if server.removing:
-            return False, gone_deferred, succeed(None)  # already draining out
-        in_config = any(item.address == server.address for item in self._config.upstreams[name].servers)
-        self._changes.record_removed(name, server.address, in_config)
+            return succeed((False, gone_deferred))  # already draining out
+        self._record_removed(name, server.address)
         persisted = self._persist()
         gone = upstream.pool.remove(server.address)
         if gone:
@@ -195,7 +217,7 @@ class LiveUpstreams:
         else:
             log.info("upstream {name}: draining server {address} ({active} request(s) in flight)", name=name,
                      address=server.address, active=server.active)
-        return bool(gone), gone_deferred, persisted
+        return persisted.addCallback(lambda _: (bool(gone), gone_deferred))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -211,10 +233,16 @@ class LiveUpstreams:
             raise OperatorError(404, f"no server {address} in upstream {upstream.pool.name}")
         return server
 
+    def _record_removed(self, name: str, address: str) -> None:
+        in_config = any(item.address == address for item in self._config.upstreams[name].servers)
+        self._changes.record_removed(name, address, in_config)
+
     def _server_gone(self, name: str, address: str) -> None:
         log.info("upstream {name}: server {address} removed", name=name, address=address)
         for waiter in self._departures.pop((name, address), ()):
             waiter.callback(None)
+        if self._on_server_gone is not None:
+            self._on_server_gone(name, address)
 
     def _persist(self) -> Deferred:
         if self._store is None:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -27,12 +28,15 @@ from gateway.core.routing import RouteTable
 from gateway.health import HealthChecker
 from gateway.http.proxy import ProxyContext
 from gateway.http.server import HTTP11ServerFactory
+from gateway.core.state import LiveChanges
 from gateway.live import LiveUpstreams, StateStore, read_live_changes
 from gateway.processes import build_process_monitor
 from gateway.readiness import BackendsReady
 from gateway.tls import ServerTLS
 
 log = Logger(namespace="gateway")
+
+InheritedSocket = tuple[int, int]  # a listening socket's file descriptor and address family
 
 
 class ListenerService(Service):
@@ -42,17 +46,25 @@ class ListenerService(Service):
     privileges or daemonizes), so that a port already in use stops the
     gateway at once with a clear message.  Connections are accepted once the
     reactor runs, after the processes have been started.
+
+    With workers, the master binds the socket and never accepts on it
+    (*factory* None); each worker adopts an inherited copy (*inherited*).
     """
 
-    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory,
+    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory | None,
                  tls: ServerTLS | None = None, shutdown_timeout: float = 10.0,
-                 backends: BackendsReady | None = None) -> None:
+                 backends: BackendsReady | None = None, inherited: InheritedSocket | None = None) -> None:
         self._reactor = reactor
         self._backends = backends
         self._listener = listener
         self._http_factory = factory
         self._shutdown_timeout = shutdown_timeout
-        self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
+        self._inherited = inherited
+        if factory is None:
+            self._factory = ServerFactory()  # the master's socket: bound, never accepting
+            self._factory.noisy = False
+        else:
+            self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
         self.tls = tls
         self.port = None
         self.setName(f"listener:{listener.name}")
@@ -60,6 +72,11 @@ class ListenerService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         listener = self._listener
+        if self._inherited is not None:
+            fd, family = self._inherited
+            self.port = self._reactor.adoptStreamPort(fd, family, self._factory)
+            os.close(fd)  # adoptStreamPort works on its own duplicate
+            return
         try:
             self.port = self._reactor.listenTCP(listener.port, self._factory, backlog=511,
                                                 interface=listener.interface)
@@ -68,14 +85,22 @@ class ListenerService(Service):
                              f"{listener.interface}:{listener.port}: {error.socketError}") from None
         address = self.port.getHost()
         log.info("listener {name} serving {scheme} on {host}:{port}", name=listener.name, host=address.host,
-                 port=address.port, scheme="https" if self.tls is not None else "http")
+                 port=address.port, scheme="https" if listener.tls is not None else "http")
 
     def startService(self) -> None:
         super().startService()
-        if self._backends is not None and self.port is not None:
-            port = self.port
+        port = self.port
+        if port is None:
+            return
+        if self._http_factory is None:
+            port.stopReading()  # the workers accept on this socket; the master never does
+        elif self._backends is not None:
             port.stopReading()  # connections wait in the backlog until the backends listen
             self._backends.ready().addCallback(lambda _: port.startReading() if port.connected else None)
+
+    def inheritable(self) -> InheritedSocket:
+        """The listening socket's file descriptor and address family, for a worker to adopt."""
+        return self.port.fileno(), self.port.socket.family
 
     def stopService(self) -> Deferred | None:
         """Stop accepting, then let the requests in flight finish (within the shutdown timeout)."""
@@ -84,7 +109,8 @@ class ListenerService(Service):
             return None
         port, self.port = self.port, None
         stopped = maybeDeferred(port.stopListening)
-        stopped.addCallback(lambda _: self._http_factory.shut_down(self._reactor, self._shutdown_timeout))
+        if self._http_factory is not None:
+            stopped.addCallback(lambda _: self._http_factory.shut_down(self._reactor, self._shutdown_timeout))
         return stopped
 
 
@@ -121,22 +147,63 @@ class SequentialMultiService(MultiService):
         return maybeDeferred(stop_next)
 
 
-class ConfigReloader(Service):
-    """SIGHUP: re-read the configuration file and apply it for new requests.
+class ConfigApplier:
+    """Puts a new configuration into service for new requests (SIGHUP, and in every worker).
 
     Upstreams, servers, weights, balance policies, routes and certificates
     change; requests and connections in flight keep what they started with.
-    Listeners, processes, the admin API and the access log need a restart
-    (a warning says so).  A file that does not validate is rejected with a
-    logged error and the running configuration keeps serving.
+    Certificates are all loaded before any is installed: all change, or none,
+    and then nothing else changes either.
     """
 
-    def __init__(self, reactor, config: GatewayConfig, live: LiveUpstreams,
-                 tls_listeners: dict[str, ServerTLS]) -> None:
-        self._reactor = reactor
-        self._config = config
+    def __init__(self, config: GatewayConfig, live: LiveUpstreams, tls_listeners: dict[str, ServerTLS],
+                 warn_restart: bool = True) -> None:
+        self.config = config
         self._live = live
         self._tls_listeners = tls_listeners
+        self._warn_restart = warn_restart
+
+    def apply(self, config: GatewayConfig, changes: LiveChanges | None = None) -> bool:
+        """True when *config* (and *changes*, when given) is now in service; False (logged) when rejected."""
+        try:
+            prepared = [(self._tls_listeners[listener.name], self._tls_listeners[listener.name].load(listener.tls))
+                        for listener in config.listeners
+                        if listener.tls is not None and listener.name in self._tls_listeners]
+        except ConfigError as error:
+            log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}", error=str(error))
+            return False
+        except Exception:
+            log.failure("SIGHUP: configuration rejected, the previous one keeps serving")
+            return False
+        for tls, loaded in prepared:
+            tls.install(loaded)
+        old = self.config
+        if self._warn_restart:
+            for what, before, after in (("listeners", old.listeners, config.listeners),
+                                        ("processes", old.processes, config.processes),
+                                        ("admin", old.admin, config.admin),
+                                        ("access_log", old.access_log, config.access_log),
+                                        ("state_file", old.state_file, config.state_file),
+                                        ("workers", old.workers, config.workers)):
+                if _without_tls(before) != _without_tls(after):
+                    log.warn("SIGHUP: changes to {what} take effect at the next restart", what=what)
+        self._live.apply_config(config, changes)
+        self.config = config
+        return True
+
+
+class ConfigReloader(Service):
+    """SIGHUP: re-read the configuration file (in a thread) and apply it.
+
+    Listeners, processes, the admin API, the access log, the state file and
+    the number of workers need a restart (a warning says so).  A file that
+    does not validate is rejected with a logged error and the running
+    configuration keeps serving.
+    """
+
+    def __init__(self, reactor, applier: ConfigApplier) -> None:
+        self._reactor = reactor
+        self._applier = applier
 
     def startService(self) -> None:
         super().startService()
@@ -152,7 +219,7 @@ class ConfigReloader(Service):
         log.info("SIGHUP ignored: the gateway is shutting down")
 
     def reload(self) -> Deferred:
-        path = self._config.source
+        path = self._applier.config.source
         log.info("SIGHUP: reloading {path}", path=path)
         reading = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), load_config, path)
         return reading.addCallbacks(self._apply, self._rejected)
@@ -163,30 +230,9 @@ class ConfigReloader(Service):
                   error=failure.getErrorMessage())
 
     def _apply(self, config: GatewayConfig) -> None:
-        try:
-            # Every certificate is loaded before any is served: all change, or none.
-            prepared = [(self._tls_listeners[listener.name], self._tls_listeners[listener.name].load(listener.tls))
-                        for listener in config.listeners
-                        if listener.tls is not None and listener.name in self._tls_listeners]
-        except ConfigError as error:
-            log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}", error=str(error))
-            return
-        except Exception:
-            log.failure("SIGHUP: configuration rejected, the previous one keeps serving")
-            return
-        for tls, loaded in prepared:
-            tls.install(loaded)
-        old = self._config
-        for what, before, after in (("listeners", old.listeners, config.listeners),
-                                    ("processes", old.processes, config.processes),
-                                    ("admin", old.admin, config.admin), ("access_log", old.access_log, config.access_log),
-                                    ("state_file", old.state_file, config.state_file)):
-            if _without_tls(before) != _without_tls(after):
-                log.warn("SIGHUP: changes to {what} take effect at the next restart", what=what)
-        self._live.apply_config(config)
-        self._config = config
-        log.info("SIGHUP: configuration reloaded: {upstreams} upstream(s), {routes} route(s)",
-                 upstreams=len(config.upstreams), routes=len(config.routes))
+        if self._applier.apply(config):
+            log.info("SIGHUP: configuration reloaded: {upstreams} upstream(s), {routes} route(s)",
+                     upstreams=len(config.upstreams), routes=len(config.routes))
 
 
 def _without_tls(value):
@@ -253,40 +299,108 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     """All of the gateway for *config*, as one service for twistd to run.
 
     Children start in this order and stop in the reverse one: processes,
-    access log, backend connections, listeners, health checks, SIGHUP reloader, admin API.
+    access log, backend connections, admin API, listeners, health checks,
+    SIGHUP reloader.  With ``workers`` above 1 this process becomes the
+    master instead (:func:`build_master_service`).
     """
+    if config.workers > 1:
+        return build_master_service(config, reactor)
     root = SequentialMultiService()
-    if config.processes:
-        build_process_monitor(config.processes, config.source, reactor).setServiceParent(root)
+    backends = _supervise_processes(config, reactor, root)
+    store = StateStore(reactor, config.state_file) if config.state_file else None
+    context, live = _live_upstreams(config, reactor, root, read_live_changes(config.state_file), store)
+    if config.admin is not None:
+        # Bound before the listeners (so it answers as soon as they do), stopped after their drain.
+        AdminService(reactor, config.admin, live).setServiceParent(root)
+    tls_listeners = _listeners(config, reactor, root, context, backends=backends)
+    # Active health checks: after the listeners, so that they stop first.
+    HealthChecker(reactor, context).setServiceParent(root)
+    ConfigReloader(reactor, ConfigApplier(config, live, tls_listeners)).setServiceParent(root)
+    return root
+
+
+def build_master_service(config: GatewayConfig, reactor) -> MultiService:
+    """The master of ``workers: N``: sockets, processes, admin API, state file and reloads; no traffic.
+
+    Stops in this order: the reloader, the listening sockets (so that new
+    connections are refused at once), the workers (each drains its requests),
+    the admin API, then the processes.
+    """
+    from gateway.workers.master import FleetUpstreams, WorkerSet
+
+    root = SequentialMultiService()
+    backends = _supervise_processes(config, reactor, root)
+    store = StateStore(reactor, config.state_file) if config.state_file else None
+    context = ProxyContext(reactor=reactor, routes=RouteTable(()), upstreams={}, access_log=None)
+    workers = WorkerSet(reactor, config, backends)
+    live = FleetUpstreams(reactor, context, config, read_live_changes(config.state_file), store, workers)
+    live.apply_config(config)
+    workers.live = live
+    if config.admin is not None:
+        AdminService(reactor, config.admin, live).setServiceParent(root)
+    workers.setServiceParent(root)
+    sockets = MultiService()
+    sockets.setServiceParent(root)
+    tls_listeners: dict[str, ServerTLS] = {}
+    for listener in config.listeners:
+        if listener.tls is not None:
+            # Generated here, once; checked here on SIGHUP before any worker is told.
+            tls_listeners[listener.name] = build_tls(listener, config.source)
+        socket_service = ListenerService(reactor, listener, None)
+        socket_service.setServiceParent(sockets)
+        workers.sockets.append(socket_service)
+    ConfigReloader(reactor, ConfigApplier(config, live, tls_listeners)).setServiceParent(root)
+    return root
+
+
+def build_worker_service(config: GatewayConfig, changes: LiveChanges, reactor,
+                         sockets: list[InheritedSocket],
+                         on_server_gone) -> tuple[MultiService, LiveUpstreams, ConfigApplier]:
+    """One worker of ``workers: N``: the listeners on the master's sockets, without admin or processes."""
+    root = SequentialMultiService()
+    context, live = _live_upstreams(config, reactor, root, changes, None, on_server_gone)
+    tls_listeners = _listeners(config, reactor, root, context, inherited=sockets)
+    HealthChecker(reactor, context).setServiceParent(root)
+    return root, live, ConfigApplier(config, live, tls_listeners, warn_restart=False)
+
+
+def _supervise_processes(config: GatewayConfig, reactor, root: MultiService) -> BackendsReady | None:
+    """The ``processes:`` and, when there are any, the wait for every backend to listen."""
+    if not config.processes:
+        return None
+    build_process_monitor(config.processes, config.source, reactor).setServiceParent(root)
+    backends = BackendsReady(reactor, {(server.host, server.port) for upstream in config.upstreams.values()
+                                       for server in upstream.servers})
+    reactor.callWhenRunning(backends.start)
+    return backends
+
+
+def _live_upstreams(config: GatewayConfig, reactor, root: MultiService, changes: LiveChanges,
+                    store: StateStore | None, on_server_gone=None) -> tuple[ProxyContext, LiveUpstreams]:
+    """The access log, the live upstreams and routes, and the backend connections' service."""
     access_log = None
     if config.access_log is not None:
         writer = AccessLogWriter(config.access_log, reactor)
         writer.setServiceParent(root)
         access_log = writer.write
     context = ProxyContext(reactor=reactor, routes=RouteTable(()), upstreams={}, access_log=access_log)
-    store = StateStore(reactor, config.state_file) if config.state_file else None
-    live = LiveUpstreams(reactor, context, config, read_live_changes(config.state_file), store)
+    live = LiveUpstreams(reactor, context, config, changes, store, on_server_gone)
     live.apply_config(config)
     UpstreamConnectionsService(context).setServiceParent(root)
-    if config.admin is not None:
-        # Bound before the listeners (so it answers as soon as they do), stopped after their drain.
-        AdminService(reactor, config.admin, live).setServiceParent(root)
-    # The listeners stop (and drain) together, before anything added earlier stops.
-    listeners = MultiService()
-    listeners.setServiceParent(root)
-    backends = None
-    if config.processes:
-        backends = BackendsReady(reactor, {(server.host, server.port) for upstream in config.upstreams.values()
-                                           for server in upstream.servers})
-        reactor.callWhenRunning(backends.start)
+    return context, live
+
+
+def _listeners(config: GatewayConfig, reactor, root: MultiService, context: ProxyContext,
+               backends: BackendsReady | None = None,
+               inherited: list[InheritedSocket] | None = None) -> dict[str, ServerTLS]:
+    """The listeners, in one group that stops (and drains) together; returns the TLS ones by name."""
+    group = MultiService()
+    group.setServiceParent(root)
     tls_listeners: dict[str, ServerTLS] = {}
-    for listener in config.listeners:
+    for index, listener in enumerate(config.listeners):
         tls = build_tls(listener, config.source) if listener.tls is not None else None
         if tls is not None:
             tls_listeners[listener.name] = tls
-        ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls,
-                        config.shutdown_timeout, backends).setServiceParent(listeners)
-    # Active health checks: after the listeners, so that they stop first.
-    HealthChecker(reactor, context).setServiceParent(root)
-    ConfigReloader(reactor, config, live, tls_listeners).setServiceParent(root)
-    return root
+        ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls, config.shutdown_timeout,
+                        backends, inherited[index] if inherited is not None else None).setServiceParent(group)
+    return tls_listeners

@@ -2,6 +2,7 @@
 
     GET    /upstreams                              every upstream and its servers
     GET    /upstreams/{name}                       one upstream
+    GET    /workers                                the processes serving traffic
     POST   /upstreams/{name}/servers               {"address": "127.0.0.1:8003", "weight": 2} -> 201
     PATCH  /upstreams/{name}/servers/{address}     {"weight": 5} and/or {"state": "drain" | "up"} -> 200
     DELETE /upstreams/{name}/servers/{address}     202 while draining, 204 when gone; ?wait=1 waits
@@ -18,7 +19,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -61,9 +62,11 @@ class AdminResource(Resource):
         parts = [unquote(part) for part in request.path.decode("latin-1").strip("/").split("/")]
         method = request.method
         if parts == ["upstreams"] and method == b"GET":
-            return 200, self._live.describe()
+            return maybeDeferred(self._live.describe).addCallback(lambda body: (200, body))
         if len(parts) == 2 and parts[0] == "upstreams" and method == b"GET":
-            return 200, self._live.describe(parts[1])
+            return maybeDeferred(self._live.describe, parts[1]).addCallback(lambda body: (200, body))
+        if parts == ["workers"] and method == b"GET":
+            return maybeDeferred(self._live.describe_workers).addCallback(lambda body: (200, body))
         if len(parts) == 3 and parts[0] == "upstreams" and parts[2] == "servers" and method == b"POST":
             body = self._json_body(request)
             address = body.get("address")
@@ -86,17 +89,20 @@ class AdminResource(Resource):
                 return self._live.update_server(name, address, weight, state).addCallback(lambda server: (200, server))
             if method == b"DELETE":
                 return self._remove(request, name, address)
-        if parts and parts[0] == "upstreams" and len(parts) <= 4:
+        if (parts and parts[0] == "upstreams" and len(parts) <= 4) or parts == ["workers"]:
             raise OperatorError(405, f"{method.decode('latin-1')} is not supported on {request.path.decode('latin-1')}")
         raise OperatorError(404, f"no such resource: {request.path.decode('latin-1')}")
 
     def _remove(self, request: Request, name: str, address: str) -> Deferred:
-        gone_now, gone, persisted = self._live.remove_server(name, address)
         wait = request.args.get(b"wait", [b"0"])[0] not in (b"0", b"", b"false")
-        if gone_now or wait:
-            done = persisted.addCallback(lambda _: gone)
-            return done.addCallback(lambda _: (204, None))
-        return persisted.addCallback(lambda _: (202, {"address": address, "state": "draining"}))
+
+        def answer(result: tuple[bool, Deferred]) -> tuple[int, Any] | Deferred:
+            gone_now, gone = result
+            if gone_now or wait:
+                return gone.addCallback(lambda _: (204, None))
+            return 202, {"address": address, "state": "draining"}
+
+        return self._live.remove_server(name, address).addCallback(answer)
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ nothing here raises anything else for a user's mistake.
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -156,6 +157,18 @@ class GatewayConfig:
     admin: AdminConfig | None = None
     state_file: str | None = None  # where live changes are persisted (see gateway.core.state)
     shutdown_timeout: float = 10.0  # seconds requests in flight get to finish on SIGTERM
+    workers: int = 1  # processes serving traffic; more than one runs a master (see gateway.workers)
+
+
+MAX_WORKERS = 256
+
+
+def available_cores() -> int:
+    """The cores this process may run on: what ``workers: auto`` means."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def format_address(host: str, port: int) -> str:
@@ -312,7 +325,7 @@ class _Validator:
 
     def gateway(self, data: Any) -> GatewayConfig:
         top = self.mapping(data, (), ("listeners", "upstreams", "routes", "processes", "access_log", "admin",
-                                      "state_file", "shutdown_timeout"),
+                                      "state_file", "shutdown_timeout", "workers"),
                            required=("listeners", "upstreams", "routes"))
         listeners = self.each(top["listeners"], ("listeners",), self.listener)
         if not listeners:
@@ -341,9 +354,15 @@ class _Validator:
             self.typed(state_file, ("state_file",), str, "a file path")
         shutdown_timeout = self.number(top.get("shutdown_timeout", 10), ("shutdown_timeout",),
                                        "a number of seconds > 0")
+        workers = top.get("workers", 1)
+        if workers == "auto":
+            workers = available_cores()
+        elif isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise self.fail(("workers",), f'expected an integer from 1 to {MAX_WORKERS} or "auto", '
+                            f"got {_type_name(workers)} {workers!r}")
         return GatewayConfig(source=self.source, listeners=listeners, upstreams=upstreams,
                              routes=routes, processes=processes, access_log=access_log, admin=admin,
-                             state_file=state_file, shutdown_timeout=shutdown_timeout)
+                             state_file=state_file, shutdown_timeout=shutdown_timeout, workers=workers)
 
     def admin(self, value: Any, path: Path) -> AdminConfig:
         data = self.mapping(value, path, ("listen", "token_file"))
