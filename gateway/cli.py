@@ -30,7 +30,7 @@ def check(args: argparse.Namespace) -> int:
     servers = sum(len(upstream.servers) for upstream in config.upstreams.values())
     print(f"{args.config}: configuration OK: {len(config.listeners)} listener(s), "
           f"{len(config.upstreams)} upstream(s) with {servers} server(s), {len(config.routes)} route(s), "
-          f"{len(config.processes)} process(es)")
+          f"{len(config.processes)} process(es), {config.workers} worker(s)")
     return 0
 
 

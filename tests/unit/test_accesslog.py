@@ -7,6 +7,7 @@ import calendar
 import pytest
 from hypothesis import given, strategies as st
 
+from gateway.accesslog import whole_line_chunks
 from gateway.core.accesslog import AccessLogFormatter, AccessRecord
 
 # 27/Nov/2026:20:13:04 +0000
@@ -85,3 +86,14 @@ def test_a_line_is_always_one_line_with_three_quoted_fields(request_line, refere
                                        STARTED + 0.004)
     assert line.endswith("\n") and "\n" not in line[:-1] and "\r" not in line
     assert line.count('"') == 6
+
+
+@pytest.mark.parametrize("lines, limit, expected", [
+    ([], 10, []),
+    (["ab\n", "cd\n"], 10, [b"ab\ncd\n"]),
+    (["abc\n", "def\n", "gh\n"], 8, [b"abc\ndef\n", b"gh\n"]),
+    (["a\n", "a very long line\n", "b\n"], 4, [b"a\n", b"a very long line\n", b"b\n"]),
+    (["\u00e9\n", "x\n"], 3, [b"\xc3\xa9\n", b"x\n"]),  # limits count bytes, not characters
+])
+def test_whole_line_chunks_never_split_a_line_or_exceed_the_limit(lines, limit, expected):
+    assert whole_line_chunks(lines, limit) == expected

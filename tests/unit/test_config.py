@@ -6,6 +6,8 @@ the line, and what was expected; nothing else may escape parse_config.
 
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 
@@ -135,6 +137,12 @@ def test_defaults():
 @pytest.mark.parametrize("value, expected", [("null", None), ("'-'", "-"), ("/var/log/gw.log", "/var/log/gw.log")])
 def test_access_log_values(value, expected):
     assert parse_config(BASE + f"access_log: {value}\n", SOURCE).access_log == expected
+
+
+def test_workers_default_to_one_and_auto_means_the_usable_cores():
+    assert parse_config(BASE, SOURCE).workers == 1
+    assert parse_config(BASE + "workers: 4\n", SOURCE).workers == 4
+    assert parse_config(BASE + "workers: auto\n", SOURCE).workers == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "least_conn", "ip_hash"])
@@ -282,6 +290,11 @@ MISTAKES = [
      "web-1:", "expected a command line (No closing quotation)"),
     ("process command a list", BASE + "processes:\n  web-1: [gunicorn, app]\n", "processes.web-1", "web-1:",
      "expected a command line"),
+    ("workers 0", BASE + "workers: 0\n", "workers", "workers:",
+     'expected an integer from 1 to 256 or "auto", got an integer 0'),
+    ("workers a word", BASE + "workers: many\n", "workers", "workers:",
+     'expected an integer from 1 to 256 or "auto", got a string \'many\''),
+    ("workers a boolean", BASE + "workers: yes\n", "workers", "workers:", "got a boolean True"),
 ]
 
 
