@@ -208,7 +208,12 @@ def check_tools(options: argparse.Namespace) -> tuple[bool, bool]:
 # -- measuring ------------------------------------------------------------------------
 
 
+MULTI_CORE_SCENARIOS = ("http-c50", "tls-c50")
+
+
 def supports(proxy: str, scenario: Scenario) -> bool:
+    if PROXIES[proxy].workers > 1 and scenario.name not in MULTI_CORE_SCENARIOS:
+        return False
     return PROXIES[proxy].tls or not scenario.tls
 
 

@@ -6,28 +6,41 @@ import json
 from pathlib import Path
 
 OTHERS = ("nginx", "haproxy", "twisted-web")  # the ratios: gateway ÷ each of these
+#: The gateway variants and, per column of OTHERS, the proxy each is compared with.
+COMPARISONS = (("gateway", "", {"nginx": "nginx", "haproxy": "haproxy", "twisted-web": "twisted-web"}),
+               ("gateway-w2", ", 2 workers", {"nginx": "nginx-w2"}))
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Per scenario: the gateway's requests/s divided by each other proxy's, and p99 ÷ nginx's."""
+    """Per scenario: the gateway's requests/s divided by each other proxy's, and p99 ÷ nginx's.
+
+    ``gateway-w2`` (``workers: 2``) is compared with ``nginx-w2`` (``worker_processes 2``) in rows of its own.
+    """
     by_key = {(r["scenario"], r["proxy"]): r for r in results}
     rows = []
-    for scenario in dict.fromkeys(r["scenario"] for r in results):
-        gateway = by_key.get((scenario, "gateway"))
-        if gateway is None or not gateway["rps"]:
-            continue
-        row = {"scenario": scenario, "gateway_rps": gateway["rps"]}
-        for other in OTHERS:
-            theirs = by_key.get((scenario, other))
-            row[other] = gateway["rps"] / theirs["rps"] if theirs and theirs["rps"] else None
-        nginx = by_key.get((scenario, "nginx"))
-        row["p99_vs_nginx"] = (gateway["p99_ms"] / nginx["p99_ms"]
-                               if nginx and nginx.get("p99_ms") and gateway.get("p99_ms") else None)
-        row["cpu_per_request_vs_nginx"] = (gateway["cpu_us_per_request"] / nginx["cpu_us_per_request"]
-                                           if nginx and nginx.get("cpu_us_per_request")
-                                           and gateway.get("cpu_us_per_request") else None)
-        rows.append(row)
+    for ours, label, columns in COMPARISONS:
+        for scenario in dict.fromkeys(r["scenario"] for r in results):
+            row = _ratio_row(by_key, scenario, ours, columns)
+            if row is not None:
+                rows.append(dict(row, scenario=scenario + label))
     return rows
+
+
+def _ratio_row(by_key: dict, scenario: str, ours: str, columns: dict[str, str]) -> dict | None:
+    gateway = by_key.get((scenario, ours))
+    if gateway is None or not gateway["rps"]:
+        return None
+    row = {"scenario": scenario, "gateway_rps": gateway["rps"]}
+    for other in OTHERS:
+        theirs = by_key.get((scenario, columns.get(other)))
+        row[other] = gateway["rps"] / theirs["rps"] if theirs and theirs["rps"] else None
+    nginx = by_key.get((scenario, columns["nginx"]))
+    row["p99_vs_nginx"] = (gateway["p99_ms"] / nginx["p99_ms"]
+                           if nginx and nginx.get("p99_ms") and gateway.get("p99_ms") else None)
+    row["cpu_per_request_vs_nginx"] = (gateway["cpu_us_per_request"] / nginx["cpu_us_per_request"]
+                                       if nginx and nginx.get("cpu_us_per_request")
+                                       and gateway.get("cpu_us_per_request") else None)
+    return row
 
 
 # -- Markdown -----------------------------------------------------------------------

@@ -35,6 +35,7 @@ VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 PROXY_CPU = "0"
 LOAD_CPU = "1"
+ALL_CPUS = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))  # before bench.py pins itself
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 BIG_BYTES = 10 * 1024 * 1024  # the download and upload body
@@ -372,6 +373,11 @@ class Proxy:
     label: str
     program: str | None  # the executable it needs, None for our own
     tls: bool = True
+    workers: int = 1  # more than one: runs on every CPU (not pinned), in the keep-alive scenarios only
+
+    @property
+    def cpus(self) -> str:
+        return PROXY_CPU if self.workers == 1 else ALL_CPUS
 
     def available(self) -> bool:
         return self.program is None or shutil.which(self.program) is not None
@@ -384,10 +390,15 @@ PROXIES = {
                    "TLS 1.2 and 1.3", "nginx"),
     "haproxy": Proxy("haproxy", "HAProxy, nbthread 1, http-reuse always, tune.bufsize 64 KiB", "haproxy"),
     "twisted-web": Proxy("twisted-web", "twisted.web.proxy.ReverseProxyResource (first upstream only)", None),
+    "gateway-w2": Proxy("gateway-w2", "gateway with `workers: 2` (a master and 2 worker processes), on both "
+                        "CPUs", None, workers=2),
+    "nginx-w2": Proxy("nginx-w2", "nginx with `worker_processes 2`, otherwise as above, on both CPUs", "nginx",
+                      workers=2),
 }
 
 
-def gateway_config(backends: Backends, http_port: int, tls_port: int, certs: Certs, max_connections: int) -> str:
+def gateway_config(backends: Backends, http_port: int, tls_port: int, certs: Certs, max_connections: int,
+                   workers: int = 1) -> str:
     config = {
         "listeners": [
             {"name": "http", "port": http_port, "interface": HOST, "limits": {"max_connections": max_connections}},
@@ -399,12 +410,13 @@ def gateway_config(backends: Backends, http_port: int, tls_port: int, certs: Cer
         "routes": [{"path": "/", "upstream": "bench"}],
         "access_log": None,
         "shutdown_timeout": 2,
+        "workers": workers,
     }
     return yaml.safe_dump(config, sort_keys=False)
 
 
 def nginx_proxy_config(prefix: Path, backends: Backends, http_port: int, tls_port: int, certs: Certs,
-                       max_connections: int) -> str:
+                       max_connections: int, workers: int = 1) -> str:
     """nginx as the reverse proxy: the headers the gateway sets, streaming both ways, no access log.
 
     keepalive_requests is raised (client side and upstream side) because the
@@ -415,7 +427,7 @@ def nginx_proxy_config(prefix: Path, backends: Backends, http_port: int, tls_por
     """
     servers = "\n".join(f"                server {HOST}:{s.port} weight={s.weight};" for s in backends.servers)
     return textwrap.dedent(f"""\
-        worker_processes 1;
+        worker_processes {workers};
         daemon off;
         pid {prefix}/nginx.pid;
         error_log {prefix}/error.log warn;
@@ -491,13 +503,15 @@ def haproxy_config(backends: Backends, http_port: int, tls_port: int, certs: Cer
 def proxy_argv(name: str, workdir: Path, backends: Backends, http_port: int, tls_port: int,
                certs: Certs, max_connections: int) -> list[str]:
     """Write the proxy's configuration file and return the command that runs it in the foreground."""
-    if name == "gateway":
+    workers = PROXIES[name].workers
+    if name.startswith("gateway"):
         path = workdir / "gateway.yaml"
-        path.write_text(gateway_config(backends, http_port, tls_port, certs, max_connections))
+        path.write_text(gateway_config(backends, http_port, tls_port, certs, max_connections, workers))
         return [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "gateway", "-c", str(path)]
-    if name == "nginx":
+    if name.startswith("nginx"):
         prefix = nginx_dir(workdir, "nginx-proxy")
-        return nginx_argv(prefix, nginx_proxy_config(prefix, backends, http_port, tls_port, certs, max_connections))
+        return nginx_argv(prefix, nginx_proxy_config(prefix, backends, http_port, tls_port, certs, max_connections,
+                                                     workers))
     if name == "haproxy":
         path = workdir / "haproxy.cfg"
         path.write_text(haproxy_config(backends, http_port, tls_port, certs, max_connections))
@@ -511,7 +525,7 @@ def proxy_argv(name: str, workdir: Path, backends: Backends, http_port: int, tls
 
 def start_proxy(procs: Processes, name: str, workdir: Path, backends: Backends, certs: Certs,
                 max_connections: int) -> RunningProxy:
-    """Start one proxy pinned to the proxy CPU, in front of *backends*; wait until it proxies."""
+    """Start one proxy pinned to the proxy CPU (or every CPU, with workers), in front of *backends*; wait until it proxies."""
     if name == "direct":
         return RunningProxy("direct", None, backends.first.port, None, max_connections)
     if name == "haproxy":
@@ -521,7 +535,7 @@ def start_proxy(procs: Processes, name: str, workdir: Path, backends: Backends, 
     proxy_dir.chmod(0o755)
     http_port, tls_port = free_port(), free_port()
     argv = proxy_argv(name, proxy_dir, backends, http_port, tls_port, certs, max_connections)
-    process = procs.start(f"{name}-{backends.kind}", argv, PROXY_CPU, cwd=proxy_dir)
+    process = procs.start(f"{name}-{backends.kind}", argv, PROXIES[name].cpus, cwd=proxy_dir)
     try:
         wait_until_serving(process, http_port)
         wait_until_accepting(process, tls_port)
