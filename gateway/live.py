@@ -117,10 +117,11 @@ class LiveUpstreams:
 
     # -- configuration (start-up and SIGHUP) ------------------------------------------------
 
-    def apply_config(self, config: GatewayConfig, changes: LiveChanges | None = None) -> None:
+    def apply_config(self, config: GatewayConfig, changes: LiveChanges | None = None) -> Deferred:
         """Make the upstreams and routes those of *config* plus the live changes, for new requests.
 
         *changes* replaces the live changes held so far (a worker gets them from the master).
+        Fires once they are in service (at once here; once every worker has them, with workers).
         """
         if changes is not None:
             self._changes = changes
@@ -146,6 +147,7 @@ class LiveUpstreams:
         self._context.upstreams = upstreams
         self._context.routes = RouteTable(config.routes)
         self._config = config
+        return succeed(None)
 
     def _new_upstream(self, config: UpstreamConfig) -> Upstream:
         pool = UpstreamPool(replace(config, servers=()))

@@ -14,7 +14,7 @@ import signal
 from dataclasses import replace
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.threads import deferToThreadPool
@@ -163,18 +163,19 @@ class ConfigApplier:
         self._tls_listeners = tls_listeners
         self._warn_restart = warn_restart
 
-    def apply(self, config: GatewayConfig, changes: LiveChanges | None = None) -> bool:
-        """True when *config* (and *changes*, when given) is now in service; False (logged) when rejected."""
+    def apply(self, config: GatewayConfig, changes: LiveChanges | None = None) -> Deferred:
+        """Fires True once *config* (and *changes*, when given) is in service (in every worker, with
+        workers); False (logged) when it was rejected."""
         try:
             prepared = [(self._tls_listeners[listener.name], self._tls_listeners[listener.name].load(listener.tls))
                         for listener in config.listeners
                         if listener.tls is not None and listener.name in self._tls_listeners]
         except ConfigError as error:
             log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}", error=str(error))
-            return False
+            return succeed(False)
         except Exception:
             log.failure("SIGHUP: configuration rejected, the previous one keeps serving")
-            return False
+            return succeed(False)
         for tls, loaded in prepared:
             tls.install(loaded)
         old = self.config
@@ -187,9 +188,8 @@ class ConfigApplier:
                                         ("workers", old.workers, config.workers)):
                 if _without_tls(before) != _without_tls(after):
                     log.warn("SIGHUP: changes to {what} take effect at the next restart", what=what)
-        self._live.apply_config(config, changes)
         self.config = config
-        return True
+        return self._live.apply_config(config, changes).addCallback(lambda _: True)
 
 
 class ConfigReloader(Service):
@@ -229,10 +229,13 @@ class ConfigReloader(Service):
         log.error("SIGHUP: configuration rejected, the previous one keeps serving: {error}",
                   error=failure.getErrorMessage())
 
-    def _apply(self, config: GatewayConfig) -> None:
-        if self._applier.apply(config):
-            log.info("SIGHUP: configuration reloaded: {upstreams} upstream(s), {routes} route(s)",
-                     upstreams=len(config.upstreams), routes=len(config.routes))
+    def _apply(self, config: GatewayConfig) -> Deferred:
+        def applied(in_service: bool) -> None:
+            if in_service:
+                log.info("SIGHUP: configuration reloaded: {upstreams} upstream(s), {routes} route(s)",
+                         upstreams=len(config.upstreams), routes=len(config.routes))
+
+        return self._applier.apply(config).addCallback(applied)
 
 
 def _without_tls(value):

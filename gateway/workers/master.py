@@ -271,9 +271,9 @@ class FleetUpstreams(LiveUpstreams):
         super().__init__(reactor, context, config, changes, store)
         self._workers = workers
 
-    def apply_config(self, config: GatewayConfig, changes=None) -> None:
+    def apply_config(self, config: GatewayConfig, changes=None) -> Deferred:
         super().apply_config(config, changes)
-        self._workers.publish(self.config, self.changes, reload=True)
+        return self._workers.publish(self.config, self.changes, reload=True)
 
     def add_server(self, name: str, address: str, weight: int) -> Deferred:
         return super().add_server(name, address, weight).addCallback(self._published)
