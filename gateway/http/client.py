@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway.core.headers import Headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, UNTIL_CLOSE
 from gateway.http.flow import ReadGate
+from gateway.http.sending import BatchedWriter
 
 
 class ResponseHandler(TypingProtocol):
@@ -83,6 +84,9 @@ class HTTP11ClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        self._writer = BatchedWriter(self.transport)
+        self.write_raw = self._writer.write  # every write to the backend goes through this
+        self._write_sequence = self._writer.write_sequence
         self.gate = ReadGate(self.transport)
         ready, self.connected_handler = self.connected_handler, None
         if ready is not None:
@@ -162,17 +166,17 @@ class HTTP11ClientProtocol(Protocol):
         self._reason = b""
         self._headers = []
         self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(head)
+        self.write_raw(head)
 
     def write_body(self, data: bytes) -> None:
         if self._chunked_body:
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self.write_raw(data)
 
     def end_body(self) -> None:
         if self._chunked_body:
-            self.transport.write(b"0\r\n\r\n")
+            self.write_raw(b"0\r\n\r\n")
 
     def start_tunnel(self, tunnel) -> None:
         """After a 101: every byte from now on belongs to *tunnel*, no more HTTP."""

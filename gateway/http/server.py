@@ -31,6 +31,7 @@ from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
 from gateway.http.flow import ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
+from gateway.http.sending import BatchedWriter
 from gateway.http.tunnel import TunnelExchange
 
 log = Logger(namespace="gateway.server")
@@ -85,6 +86,9 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._connections.add(self)
+        self._writer = BatchedWriter(self.transport)
+        self._write = self._writer.write
+        self._write_sequence = self._writer.write_sequence
         self.read_gate = ReadGate(self.transport)
         if len(self._connections) > self._limits.max_connections:
             log.warn("listener at max_connections ({limit}): closing a new connection", limit=self._limits.max_connections)
@@ -286,20 +290,20 @@ class HTTP11ServerProtocol(Protocol):
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
-        self.transport.write(b"".join((_status_line(status, reason), serialize_headers(headers),
+        self._write(b"".join((_status_line(status, reason), serialize_headers(headers),
                                        serialize_headers(framing), b"\r\n")))
 
     def send_body(self, data: bytes) -> None:
         if not data:
             return
         if self._chunked:
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self._write(data)
 
     def finish_response(self, close: bool = False) -> None:
         if self._chunked:
-            self.transport.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
             self._chunked = False
         self._head_sent = False
         if self._exchanges:
@@ -312,7 +316,7 @@ class HTTP11ServerProtocol(Protocol):
         if self._exchanges:
             self._start(self._exchanges[0])
         elif self._draining and self._reading is None:
-            self.transport.loseConnection()
+            self._lose_connection()
         elif self._reading is None:
             self._set_deadline("idle", self._timeouts.idle)
 
@@ -320,7 +324,7 @@ class HTTP11ServerProtocol(Protocol):
         """Graceful shutdown: let the requests in flight finish, then close; close at once if idle."""
         self._draining = True
         if not self._exchanges and self._reading is None:
-            self.transport.loseConnection()
+            self._lose_connection()
 
     def abort_response(self) -> None:
         """The response cannot be completed: close, so that the client sees it was cut short."""
@@ -332,15 +336,15 @@ class HTTP11ServerProtocol(Protocol):
         """Relay the backend's 101 and switch this connection to carrying raw bytes."""
         self._tunnel = tunnel
         self._set_deadline("", 0.0)
-        self.transport.write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
+        self._write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
                                        serialize_headers(self._response_headers), b"\r\n")))
         self.read_gate.resume("upgrade")
 
     def send_raw(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._write(data)
 
     def end_tunnel(self) -> None:
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def register_producer(self, producer: ReadGate) -> None:
         self.transport.registerProducer(producer, True)
@@ -410,7 +414,7 @@ class HTTP11ServerProtocol(Protocol):
             return
         if kind == "idle" or (kind == "header" and not self._url_parts and not self._exchanges):
             self._closing = True  # an idle connection, or one that never sent a byte: close quietly
-            self.transport.loseConnection()
+            self._lose_connection()
         else:
             log.info("client {client} too slow sending the request {what}: closing", client=self._client_ip,
                      what="head" if kind == "header" else "body")
@@ -441,7 +445,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def _start(self, exchange) -> None:
         if exchange is self._reading and isinstance(exchange, ProxyExchange) and exchange.head.expect_continue:
-            self.transport.write(_CONTINUE)
+            self._write(_CONTINUE)
         exchange.start()
 
     def _protocol_error(self, status: int, reason: bytes, text: str) -> None:
@@ -461,13 +465,17 @@ class HTTP11ServerProtocol(Protocol):
                               request_line="-")
         self._enqueue(LocalResponse(self, None, record, self._context, status, reason, text, close=True))
 
+    def _lose_connection(self) -> None:
+        self._writer.flush()  # the close follows what was written
+        self.transport.loseConnection()
+
     def _close_after_response(self) -> None:
         self._closing = True
         pending = list(self._exchanges)
         self._exchanges.clear()
         for exchange in pending:
             exchange.downstream_lost()
-        self.transport.loseConnection()
+        self._lose_connection()
 
 
 class HTTP11ServerFactory(Factory):
