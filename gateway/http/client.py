@@ -40,10 +40,10 @@ def response_framing(status: int, headers: Headers, head_request: bool) -> tuple
     content_length: int | None = None
     chunked = False
     for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-length":
+        size = len(name)  # (cheaper than lower-casing every name)
+        if size == 14 and name.lower() == b"content-length":
             content_length = int(value)
-        elif lower == b"transfer-encoding":
+        elif size == 17 and name.lower() == b"transfer-encoding":
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     if head_request or status in (204, 304) or status < 200:
         return NO_BODY, content_length

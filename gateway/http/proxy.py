@@ -165,6 +165,7 @@ class ProxyExchange:
         self._upstream_started = 0.0
         self._first_try_at = 0.0
         self._timed_out = False  # the last try failed by a connect timeout: 504 rather than 502
+        self._producing = False  # the client side is registered as the backend transport's producer
 
     # -- driven by the client side -------------------------------------------------
 
@@ -197,7 +198,9 @@ class ProxyExchange:
         self._body_done = True
         if self._connection is not None and not self._finished:
             self._connection.end_body()
-            self._connection.transport.unregisterProducer()
+            if self._producing:
+                self._producing = False
+                self._connection.transport.unregisterProducer()
             # Unregistering does not resume: a pause from the backend's full buffer must be lifted here.
             self._sink.read_gate.resume(BACKPRESSURE)
 
@@ -295,6 +298,7 @@ class ProxyExchange:
                 connection.end_body()
         else:
             connection.transport.registerProducer(self._sink.read_gate, True)
+            self._producing = True
             self._sink.read_gate.resume("connecting")
 
     def _request_headers(self) -> Headers:
@@ -330,6 +334,7 @@ class ProxyExchange:
             # The backend answered before reading the whole request: the connection
             # is out of step, and the client side stops sending into it.
             connection.transport.unregisterProducer()
+            self._producing = False
             self._sink.read_gate.resume("connecting")
             self._sink.read_gate.resume(BACKPRESSURE)
             reusable = False

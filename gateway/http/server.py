@@ -41,6 +41,9 @@ _REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary 
 #: A Host that may be copied into a Location header: a DNS name or IPv4 address, or an IPv6 literal.
 _SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?|\[[0-9a-f:.]+\]")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: Request headers that on_headers_complete looks at, besides Host.
+_NOTED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -63,7 +66,7 @@ class HTTP11ServerProtocol(Protocol):
         self._draining = False  # the gateway is shutting down: finish in-flight work, then close
         self._scheme = listener.scheme
         self._redirect = listener.redirect
-        self._response_headers = listener.response_headers  # added to every response (HSTS)
+        self._response_headers = serialize_headers(listener.response_headers)  # added to every response (HSTS)
         self._timeouts = listener.timeouts
         self._limits = listener.limits
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
@@ -110,7 +113,10 @@ class HTTP11ServerProtocol(Protocol):
             try:
                 body_before = self._body_seen
                 self._parser.feed_data(data)
-                self._check_unframed_bytes(len(data), self._body_seen - body_before)
+                if self._body_seen != body_before:
+                    self._unframed = 0  # (what _check_unframed_bytes does, inline on the hot path)
+                elif self._deadline_kind == "header" or self._deadline_kind == "body":
+                    self._check_unframed_bytes(len(data), 0)
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 data = data[upgrade.args[0]:]
@@ -179,8 +185,9 @@ class HTTP11ServerProtocol(Protocol):
             return  # llhttp parses the whole buffer: requests behind a refused one are ignored
         parser = self._parser
         headers = self._headers
-        target = b"".join(self._url_parts)
-        version = parser.get_http_version().encode("ascii")
+        parts = self._url_parts
+        target = parts[0] if len(parts) == 1 else b"".join(parts)
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode("ascii")
         method = parser.get_method()
         hosts: list[bytes] = []
         content_lengths: list[bytes] = []
@@ -191,29 +198,35 @@ class HTTP11ServerProtocol(Protocol):
             lower = name.lower()
             if lower == b"host":
                 hosts.append(value)
+            elif lower not in _NOTED_REQUEST_HEADERS:
+                continue
             elif lower == b"content-length":
                 content_lengths.append(value)
             elif lower == b"transfer-encoding":
                 transfer_encodings.append(value)
             elif lower == b"expect":
                 expect_continue = value.lower() == b"100-continue"
-            elif lower == b"upgrade":
+            else:
                 upgrade = value
         chunked = bool(transfer_encodings)
         content_length = int(content_lengths[0]) if len(content_lengths) == 1 else None  # llhttp checked digits
-        path_bytes, _, query = target.partition(b"?")
+        path_bytes, question, query = target.partition(b"?")
         path = normalize_path(path_bytes.decode("latin-1"))
+        if chunked:
+            body = CHUNKED
+        elif content_length is not None:
+            body = FIXED_LENGTH
+        else:
+            body = NO_BODY
+        # (positional, in RequestHead's field order: this runs for every request)
         head = RequestHead(
-            method=method, target=target, path=path if path is not None else "",
-            query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
-            headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
+            method, target, path if path is not None else "", question + query, version, headers,
+            hosts[0] if len(hosts) == 1 else None, self._client_ip, self._scheme,
             # HTTP/1.0 with Transfer-Encoding: the connection must close after it (RFC 9112 6.1).
-            scheme=self._scheme, keep_alive=parser.should_keep_alive() and not (chunked and version == b"1.0"),
-            body=CHUNKED if chunked else (FIXED_LENGTH if content_length is not None else NO_BODY),
-            content_length=content_length,
-            expect_continue=expect_continue and version == b"1.1" and (chunked or bool(content_length)),
+            parser.should_keep_alive() and not (chunked and version == b"1.0"), body, content_length,
+            expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
-        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(), head=head)
+        record = AccessRecord(self._client_ip, self._clock.seconds(), head=head)
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
@@ -229,7 +242,7 @@ class HTTP11ServerProtocol(Protocol):
             if decision is None:
                 exchange = LocalResponse(self, head, record, self._context, 404, b"Not Found",
                                          "no route for this path",
-                                         close=expect_continue and head.body != NO_BODY)
+                                         close=expect_continue and body != NO_BODY)
             else:
                 upstream, upstream_target, route = decision
                 limit = route.max_body_size
@@ -244,10 +257,10 @@ class HTTP11ServerProtocol(Protocol):
                 else:
                     exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record, limit)
         self._reading = exchange
-        if head.body != NO_BODY and not self._closing:
+        if body != NO_BODY and not self._closing:
             self._set_deadline("body", self._timeouts.body)
         else:
-            self._set_deadline("", 0.0)
+            self._deadline_kind = ""  # _set_deadline("", 0.0)
         self._enqueue(exchange)
 
     def on_body(self, data: bytes) -> None:
@@ -272,26 +285,26 @@ class HTTP11ServerProtocol(Protocol):
         last = self._closing and len(self._exchanges) <= 1
         keep_alive = head is not None and head.keep_alive and not close and not last and not self._draining
         chunked = False
-        framing: Headers = []
         if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
-            framing.append((b"Content-Length", b"%d" % content_length))
+            framing = b"Content-Length: %d\r\n" % content_length
         elif body != NO_BODY:
             if head is not None and head.version == b"1.1":
                 chunked = True
-                framing.append((b"Transfer-Encoding", b"chunked"))
+                framing = b"Transfer-Encoding: chunked\r\n"
             else:
+                framing = b""
                 keep_alive = False  # HTTP/1.0: the body ends when the connection closes
+        else:
+            framing = b""
         if not keep_alive:
-            framing.append((b"Connection", b"close"))
+            framing += b"Connection: close\r\n"
         elif head.version == b"1.0":
-            framing.append((b"Connection", b"keep-alive"))
-        if self._response_headers:
-            framing.extend(self._response_headers)
+            framing += b"Connection: keep-alive\r\n"
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
-        self._write(b"".join((_status_line(status, reason), serialize_headers(headers),
-                                       serialize_headers(framing), b"\r\n")))
+        self._write(b"".join((_status_line(status, reason), serialize_headers(headers), framing,
+                              self._response_headers, b"\r\n")))
 
     def send_body(self, data: bytes) -> None:
         if not data:
@@ -337,7 +350,7 @@ class HTTP11ServerProtocol(Protocol):
         self._tunnel = tunnel
         self._set_deadline("", 0.0)
         self._write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
-                                       serialize_headers(self._response_headers), b"\r\n")))
+                              self._response_headers, b"\r\n")))
         self.read_gate.resume("upgrade")
 
     def send_raw(self, data: bytes) -> None:
