@@ -64,6 +64,7 @@ class HTTP11ClientProtocol(Protocol):
         self.connected_handler = None  # set by the connection pool while connecting
         self.on_idle_lost = None  # set by the connection pool while the connection is idle
         self.idle_since = 0.0  # when the pool last took it back
+        self.idle_address = ""  # the server address it is kept under while idle
         self.requests_sent = 0
         self.response_started = False
         self._parser: httptools.HttpResponseParser | None = None

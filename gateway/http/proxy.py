@@ -67,7 +67,9 @@ class Upstream:
     on_server_gone: Callable[[str, str], None] | None = None
 
     def request_finished(self, server: ServerState) -> None:
-        self.servers_gone(self.pool.request_finished(server))
+        gone = self.pool.request_finished(server)
+        if gone:
+            self.servers_gone(gone)
 
     def servers_gone(self, addresses: list[str]) -> None:
         """Carry out what the pool decided: servers that left close their idle connections."""
@@ -342,10 +344,12 @@ class ProxyExchange:
             self._upstream.connections.release(server, connection)
         else:
             connection.transport.loseConnection()
-        now = self._context.reactor.seconds()
+        context = self._context
+        now = context.reactor.seconds()
         self._record.upstream_time = now - self._upstream_started
         self._sink.finish_response()
-        write_access_log(self._context, self._record)
+        if context.access_log is not None:
+            context.access_log(self._record, context.reactor.seconds())
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
         if self._finished:
