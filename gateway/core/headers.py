@@ -37,17 +37,19 @@ def _end_to_end(headers: Headers, replaced: frozenset[bytes],
     listed: set[bytes] | None = None
     for pair in headers:
         lower = pair[0].lower()
-        if lower in replaced:
-            if lower == b"connection":
-                listed = (listed or set()) | {token.strip().lower() for token in pair[1].split(b",")} - {b""}
-            if lower == collect:
-                collected.append(pair[1])
-            continue
-        kept.append(pair)
+        if lower not in replaced:
+            kept.append(pair)
+        elif lower == b"connection":
+            value = pair[1].lower()
+            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
+                # Names already dropped need no second pass.
+                tokens = {token.strip() for token in value.split(b",")} - replaced - {b""}
+                if tokens:
+                    listed = tokens if listed is None else listed | tokens
+        elif lower == collect:
+            collected.append(pair[1])
     if listed:
-        listed -= replaced  # already dropped ("Connection: keep-alive" names only itself): no second pass
-        if listed:
-            kept = [pair for pair in kept if pair[0].lower() not in listed]
+        kept = [pair for pair in kept if pair[0].lower() not in listed]
     return kept, collected
 
 
