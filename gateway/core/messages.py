@@ -18,6 +18,11 @@ CHUNKED = 2  # chunked transfer coding
 UNTIL_CLOSE = 3  # the body ends when the connection closes (responses only)
 
 
+#: Host header -> host name, for the first Host values seen (a client sends the same one on every request).
+_HOST_NAMES: dict[bytes, str] = {}
+_HOST_NAMES_KEPT = 1024
+
+
 @dataclass(slots=True)
 class RequestHead:
     method: bytes
@@ -37,9 +42,15 @@ class RequestHead:
     @property
     def host_name(self) -> str | None:
         """The Host header without its port, in lower case, for routing."""
-        if self.host is None:
+        host = self.host
+        if host is None:
             return None
-        return host_without_port(self.host.decode("latin-1"))
+        name = _HOST_NAMES.get(host)
+        if name is None:
+            name = host_without_port(host.decode("latin-1"))
+            if len(_HOST_NAMES) < _HOST_NAMES_KEPT:
+                _HOST_NAMES[host] = name
+        return name
 
     @property
     def request_line(self) -> str:

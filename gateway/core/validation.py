@@ -16,7 +16,7 @@ Problem = tuple[int, bytes, str]
 
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3[0-9]|4[1-9a-fA-F]|5[0-9aA]|5[fF]|6[1-9a-fA-F]|7[0-9aA]|7[eE])")
 _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
-_TARGET_CHARACTERS = re.compile(r"[!-~]+")  # visible ASCII: no spaces, controls or raw non-ASCII
+_TARGET_CHARACTERS = re.compile(rb"[!-~]+")  # visible ASCII: no spaces, controls or raw non-ASCII
 #: RFC 3986 host (reg-name or IP literal) with an optional port.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 
@@ -38,7 +38,7 @@ def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[by
         return 400, b"Bad Request", 'Transfer-Encoding must be exactly "chunked"'
     if transfer_encodings and content_lengths:
         return 400, b"Bad Request", "both Content-Length and Transfer-Encoding"
-    if not target.startswith(b"/") or b"#" in target or not _TARGET_CHARACTERS.fullmatch(target.decode("latin-1")):
+    if not target.startswith(b"/") or b"#" in target or not _TARGET_CHARACTERS.fullmatch(target):
         return 400, b"Bad Request", "the request-target must be a path starting with /"
     return None
 
@@ -50,9 +50,9 @@ def normalize_path(path: str) -> str | None:
     (``%2F``, ``%20``...) are kept as they are: decoding them would change
     what the path means.
     """
-    if _BAD_ESCAPE.search(path):
-        return None
     if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            return None
         path = _UNRESERVED_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), path)
     if "/." not in path:
         return path

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway.core.headers import Headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, UNTIL_CLOSE
 from gateway.http.flow import ReadGate
+from gateway.http.sending import BatchedWriter
 
 
 class ResponseHandler(TypingProtocol):
@@ -39,10 +40,10 @@ def response_framing(status: int, headers: Headers, head_request: bool) -> tuple
     content_length: int | None = None
     chunked = False
     for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-length":
+        size = len(name)  # (cheaper than lower-casing every name)
+        if size == 14 and name.lower() == b"content-length":
             content_length = int(value)
-        elif lower == b"transfer-encoding":
+        elif size == 17 and name.lower() == b"transfer-encoding":
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     if head_request or status in (204, 304) or status < 200:
         return NO_BODY, content_length
@@ -63,6 +64,7 @@ class HTTP11ClientProtocol(Protocol):
         self.connected_handler = None  # set by the connection pool while connecting
         self.on_idle_lost = None  # set by the connection pool while the connection is idle
         self.idle_since = 0.0  # when the pool last took it back
+        self.idle_address = ""  # the server address it is kept under while idle
         self.requests_sent = 0
         self.response_started = False
         self._parser: httptools.HttpResponseParser | None = None
@@ -83,6 +85,9 @@ class HTTP11ClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        self._writer = BatchedWriter(self.transport)
+        self.write_raw = self._writer.write  # every write to the backend goes through this
+        self._write_sequence = self._writer.write_sequence
         self.gate = ReadGate(self.transport)
         ready, self.connected_handler = self.connected_handler, None
         if ready is not None:
@@ -162,17 +167,17 @@ class HTTP11ClientProtocol(Protocol):
         self._reason = b""
         self._headers = []
         self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(head)
+        self.write_raw(head)
 
     def write_body(self, data: bytes) -> None:
         if self._chunked_body:
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self.write_raw(data)
 
     def end_body(self) -> None:
         if self._chunked_body:
-            self.transport.write(b"0\r\n\r\n")
+            self.write_raw(b"0\r\n\r\n")
 
     def start_tunnel(self, tunnel) -> None:
         """After a 101: every byte from now on belongs to *tunnel*, no more HTTP."""

@@ -52,6 +52,7 @@ class UpstreamConnections:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[HTTP11ClientProtocol]] = {}  # oldest first, most recently used last
         self._sweeper = None  # one timer for the whole pool, at the next idle connection's expiry
+        self._forget_idle = self._forget_idle_connection
 
     def acquire(self, server: ServerState, ready: ReadyCallback, failed: FailedCallback) -> None:
         """Call ``ready(connection, reused)`` with a connection to *server*, or ``failed(reason)``.
@@ -75,7 +76,8 @@ class UpstreamConnections:
             connection.transport.loseConnection()
             return
         connection.gate.clear()  # keep reading, so that a close by the backend is noticed
-        connection.on_idle_lost = lambda conn: self._forget(server.address, conn)
+        connection.idle_address = server.address
+        connection.on_idle_lost = self._forget_idle  # (one bound method for the pool, not a closure per release)
         connection.idle_since = self._reactor.seconds()
         idle.append(connection)
         if self._sweeper is None:
@@ -112,6 +114,9 @@ class UpstreamConnections:
                 next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
         if next_expiry is not None:
             self._sweeper = self._reactor.callLater(max(0.0, next_expiry - now), self._sweep)
+
+    def _forget_idle_connection(self, connection: HTTP11ClientProtocol) -> None:
+        self._forget(connection.idle_address, connection)
 
     def _forget(self, address: str, connection: HTTP11ClientProtocol) -> None:
         idle = self._idle.get(address)

@@ -67,7 +67,9 @@ class Upstream:
     on_server_gone: Callable[[str, str], None] | None = None
 
     def request_finished(self, server: ServerState) -> None:
-        self.servers_gone(self.pool.request_finished(server))
+        gone = self.pool.request_finished(server)
+        if gone:
+            self.servers_gone(gone)
 
     def servers_gone(self, addresses: list[str]) -> None:
         """Carry out what the pool decided: servers that left close their idle connections."""
@@ -141,10 +143,23 @@ class ProxyExchange:
     #: The protocol an Upgrade request asks for (see gateway.http.tunnel); None for plain requests.
     upgrade: bytes | None = None
 
+    # Per-request state starts as these class-level values (fewer stores per request).
+    _body_size = 0
+    _server: ServerState | None = None
+    _connection: HTTP11ClientProtocol | None = None
+    _pending_size = 0
+    _replay_size = 0
+    _responding = False
+    _reused = False
+    _finished = False
+    _upstream_started = 0.0
+    _first_try_at = 0.0
+    _timed_out = False  # the last try failed by a connect timeout: 504 rather than 502
+    _producing = False  # the client side is registered as the backend transport's producer
+
     def __init__(self, context: ProxyContext, sink: ResponseSink, head: RequestHead, upstream: Upstream,
                  target: bytes, record: AccessRecord, max_body_size: int | None = None) -> None:
         self._max_body_size = max_body_size
-        self._body_size = 0
         self._context = context
         self._sink = sink
         self.head = head
@@ -152,19 +167,11 @@ class ProxyExchange:
         self._target = target
         self._record = record
         self._tried: list[ServerState] = []
-        self._server: ServerState | None = None
-        self._connection: HTTP11ClientProtocol | None = None
-        self._pending_body: list[bytes] = []  # body received before a connection was ready
-        self._pending_size = 0
-        self._replay: list[bytes] | None = [] if head.body != NO_BODY else None
-        self._replay_size = 0
-        self._body_done = head.body == NO_BODY
-        self._responding = False
-        self._reused = False
-        self._finished = False
-        self._upstream_started = 0.0
-        self._first_try_at = 0.0
-        self._timed_out = False  # the last try failed by a connect timeout: 504 rather than 502
+        no_body = head.body == NO_BODY
+        # Body received before a connection was ready (a bodiless request never has any).
+        self._pending_body: list[bytes] | tuple[()] = () if no_body else []
+        self._replay: list[bytes] | None = None if no_body else []
+        self._body_done = no_body
 
     # -- driven by the client side -------------------------------------------------
 
@@ -197,7 +204,9 @@ class ProxyExchange:
         self._body_done = True
         if self._connection is not None and not self._finished:
             self._connection.end_body()
-            self._connection.transport.unregisterProducer()
+            if self._producing:
+                self._producing = False
+                self._connection.transport.unregisterProducer()
             # Unregistering does not resume: a pause from the backend's full buffer must be lifted here.
             self._sink.read_gate.resume(BACKPRESSURE)
 
@@ -286,15 +295,17 @@ class ProxyExchange:
         request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
         connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED,
                                 self._upstream.config.read_timeout, upgrade=self.upgrade is not None)
-        pending, self._pending_body = self._pending_body, []
-        self._pending_size = 0
-        for chunk in pending:
-            connection.write_body(chunk)
+        if self._pending_body:
+            pending, self._pending_body = self._pending_body, []
+            self._pending_size = 0
+            for chunk in pending:
+                connection.write_body(chunk)
         if self._body_done:
             if head.body != NO_BODY:
                 connection.end_body()
         else:
             connection.transport.registerProducer(self._sink.read_gate, True)
+            self._producing = True
             self._sink.read_gate.resume("connecting")
 
     def _request_headers(self) -> Headers:
@@ -330,6 +341,7 @@ class ProxyExchange:
             # The backend answered before reading the whole request: the connection
             # is out of step, and the client side stops sending into it.
             connection.transport.unregisterProducer()
+            self._producing = False
             self._sink.read_gate.resume("connecting")
             self._sink.read_gate.resume(BACKPRESSURE)
             reusable = False
@@ -337,10 +349,12 @@ class ProxyExchange:
             self._upstream.connections.release(server, connection)
         else:
             connection.transport.loseConnection()
-        now = self._context.reactor.seconds()
+        context = self._context
+        now = context.reactor.seconds()
         self._record.upstream_time = now - self._upstream_started
         self._sink.finish_response()
-        write_access_log(self._context, self._record)
+        if context.access_log is not None:
+            context.access_log(self._record, context.reactor.seconds())
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
         if self._finished:

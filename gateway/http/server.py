@@ -31,6 +31,7 @@ from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
 from gateway.http.flow import ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
+from gateway.http.sending import BatchedWriter
 from gateway.http.tunnel import TunnelExchange
 
 log = Logger(namespace="gateway.server")
@@ -40,6 +41,9 @@ _REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary 
 #: A Host that may be copied into a Location header: a DNS name or IPv4 address, or an IPv6 literal.
 _SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?|\[[0-9a-f:.]+\]")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+#: Request headers that on_headers_complete looks at, besides Host.
+_NOTED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -62,7 +66,7 @@ class HTTP11ServerProtocol(Protocol):
         self._draining = False  # the gateway is shutting down: finish in-flight work, then close
         self._scheme = listener.scheme
         self._redirect = listener.redirect
-        self._response_headers = listener.response_headers  # added to every response (HSTS)
+        self._response_headers = serialize_headers(listener.response_headers)  # added to every response (HSTS)
         self._timeouts = listener.timeouts
         self._limits = listener.limits
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
@@ -85,6 +89,9 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._connections.add(self)
+        self._writer = BatchedWriter(self.transport)
+        self._write = self._writer.write
+        self._write_sequence = self._writer.write_sequence
         self.read_gate = ReadGate(self.transport)
         if len(self._connections) > self._limits.max_connections:
             log.warn("listener at max_connections ({limit}): closing a new connection", limit=self._limits.max_connections)
@@ -106,7 +113,10 @@ class HTTP11ServerProtocol(Protocol):
             try:
                 body_before = self._body_seen
                 self._parser.feed_data(data)
-                self._check_unframed_bytes(len(data), self._body_seen - body_before)
+                if self._body_seen != body_before:
+                    self._unframed = 0  # (what _check_unframed_bytes does, inline on the hot path)
+                elif self._deadline_kind == "header" or self._deadline_kind == "body":
+                    self._check_unframed_bytes(len(data), 0)
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 data = data[upgrade.args[0]:]
@@ -175,8 +185,9 @@ class HTTP11ServerProtocol(Protocol):
             return  # llhttp parses the whole buffer: requests behind a refused one are ignored
         parser = self._parser
         headers = self._headers
-        target = b"".join(self._url_parts)
-        version = parser.get_http_version().encode("ascii")
+        parts = self._url_parts
+        target = parts[0] if len(parts) == 1 else b"".join(parts)
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode("ascii")
         method = parser.get_method()
         hosts: list[bytes] = []
         content_lengths: list[bytes] = []
@@ -187,29 +198,35 @@ class HTTP11ServerProtocol(Protocol):
             lower = name.lower()
             if lower == b"host":
                 hosts.append(value)
+            elif lower not in _NOTED_REQUEST_HEADERS:
+                continue
             elif lower == b"content-length":
                 content_lengths.append(value)
             elif lower == b"transfer-encoding":
                 transfer_encodings.append(value)
             elif lower == b"expect":
                 expect_continue = value.lower() == b"100-continue"
-            elif lower == b"upgrade":
+            else:
                 upgrade = value
         chunked = bool(transfer_encodings)
         content_length = int(content_lengths[0]) if len(content_lengths) == 1 else None  # llhttp checked digits
-        path_bytes, _, query = target.partition(b"?")
+        path_bytes, question, query = target.partition(b"?")
         path = normalize_path(path_bytes.decode("latin-1"))
+        if chunked:
+            body = CHUNKED
+        elif content_length is not None:
+            body = FIXED_LENGTH
+        else:
+            body = NO_BODY
+        # (positional, in RequestHead's field order: this runs for every request)
         head = RequestHead(
-            method=method, target=target, path=path if path is not None else "",
-            query=b"?" + query if query or target.endswith(b"?") else b"", version=version,
-            headers=headers, host=hosts[0] if len(hosts) == 1 else None, client_ip=self._client_ip,
+            method, target, path if path is not None else "", question + query, version, headers,
+            hosts[0] if len(hosts) == 1 else None, self._client_ip, self._scheme,
             # HTTP/1.0 with Transfer-Encoding: the connection must close after it (RFC 9112 6.1).
-            scheme=self._scheme, keep_alive=parser.should_keep_alive() and not (chunked and version == b"1.0"),
-            body=CHUNKED if chunked else (FIXED_LENGTH if content_length is not None else NO_BODY),
-            content_length=content_length,
-            expect_continue=expect_continue and version == b"1.1" and (chunked or bool(content_length)),
+            parser.should_keep_alive() and not (chunked and version == b"1.0"), body, content_length,
+            expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
-        record = AccessRecord(client_ip=self._client_ip, started=self._context.reactor.seconds(), head=head)
+        record = AccessRecord(self._client_ip, self._clock.seconds(), head=head)
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
@@ -225,7 +242,7 @@ class HTTP11ServerProtocol(Protocol):
             if decision is None:
                 exchange = LocalResponse(self, head, record, self._context, 404, b"Not Found",
                                          "no route for this path",
-                                         close=expect_continue and head.body != NO_BODY)
+                                         close=expect_continue and body != NO_BODY)
             else:
                 upstream, upstream_target, route = decision
                 limit = route.max_body_size
@@ -240,10 +257,10 @@ class HTTP11ServerProtocol(Protocol):
                 else:
                     exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record, limit)
         self._reading = exchange
-        if head.body != NO_BODY and not self._closing:
+        if body != NO_BODY and not self._closing:
             self._set_deadline("body", self._timeouts.body)
         else:
-            self._set_deadline("", 0.0)
+            self._deadline_kind = ""  # _set_deadline("", 0.0)
         self._enqueue(exchange)
 
     def on_body(self, data: bytes) -> None:
@@ -268,38 +285,38 @@ class HTTP11ServerProtocol(Protocol):
         last = self._closing and len(self._exchanges) <= 1
         keep_alive = head is not None and head.keep_alive and not close and not last and not self._draining
         chunked = False
-        framing: Headers = []
         if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
-            framing.append((b"Content-Length", b"%d" % content_length))
+            framing = b"Content-Length: %d\r\n" % content_length
         elif body != NO_BODY:
             if head is not None and head.version == b"1.1":
                 chunked = True
-                framing.append((b"Transfer-Encoding", b"chunked"))
+                framing = b"Transfer-Encoding: chunked\r\n"
             else:
+                framing = b""
                 keep_alive = False  # HTTP/1.0: the body ends when the connection closes
+        else:
+            framing = b""
         if not keep_alive:
-            framing.append((b"Connection", b"close"))
+            framing += b"Connection: close\r\n"
         elif head.version == b"1.0":
-            framing.append((b"Connection", b"keep-alive"))
-        if self._response_headers:
-            framing.extend(self._response_headers)
+            framing += b"Connection: keep-alive\r\n"
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
-        self.transport.write(b"".join((_status_line(status, reason), serialize_headers(headers),
-                                       serialize_headers(framing), b"\r\n")))
+        self._write(b"".join((_status_line(status, reason), serialize_headers(headers), framing,
+                              self._response_headers, b"\r\n")))
 
     def send_body(self, data: bytes) -> None:
         if not data:
             return
         if self._chunked:
-            self.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._write_sequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self._write(data)
 
     def finish_response(self, close: bool = False) -> None:
         if self._chunked:
-            self.transport.write(b"0\r\n\r\n")
+            self._write(b"0\r\n\r\n")
             self._chunked = False
         self._head_sent = False
         if self._exchanges:
@@ -312,7 +329,7 @@ class HTTP11ServerProtocol(Protocol):
         if self._exchanges:
             self._start(self._exchanges[0])
         elif self._draining and self._reading is None:
-            self.transport.loseConnection()
+            self._lose_connection()
         elif self._reading is None:
             self._set_deadline("idle", self._timeouts.idle)
 
@@ -320,7 +337,7 @@ class HTTP11ServerProtocol(Protocol):
         """Graceful shutdown: let the requests in flight finish, then close; close at once if idle."""
         self._draining = True
         if not self._exchanges and self._reading is None:
-            self.transport.loseConnection()
+            self._lose_connection()
 
     def abort_response(self) -> None:
         """The response cannot be completed: close, so that the client sees it was cut short."""
@@ -332,15 +349,15 @@ class HTTP11ServerProtocol(Protocol):
         """Relay the backend's 101 and switch this connection to carrying raw bytes."""
         self._tunnel = tunnel
         self._set_deadline("", 0.0)
-        self.transport.write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
-                                       serialize_headers(self._response_headers), b"\r\n")))
+        self._write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
+                              self._response_headers, b"\r\n")))
         self.read_gate.resume("upgrade")
 
     def send_raw(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._write(data)
 
     def end_tunnel(self) -> None:
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def register_producer(self, producer: ReadGate) -> None:
         self.transport.registerProducer(producer, True)
@@ -410,7 +427,7 @@ class HTTP11ServerProtocol(Protocol):
             return
         if kind == "idle" or (kind == "header" and not self._url_parts and not self._exchanges):
             self._closing = True  # an idle connection, or one that never sent a byte: close quietly
-            self.transport.loseConnection()
+            self._lose_connection()
         else:
             log.info("client {client} too slow sending the request {what}: closing", client=self._client_ip,
                      what="head" if kind == "header" else "body")
@@ -441,7 +458,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def _start(self, exchange) -> None:
         if exchange is self._reading and isinstance(exchange, ProxyExchange) and exchange.head.expect_continue:
-            self.transport.write(_CONTINUE)
+            self._write(_CONTINUE)
         exchange.start()
 
     def _protocol_error(self, status: int, reason: bytes, text: str) -> None:
@@ -461,13 +478,17 @@ class HTTP11ServerProtocol(Protocol):
                               request_line="-")
         self._enqueue(LocalResponse(self, None, record, self._context, status, reason, text, close=True))
 
+    def _lose_connection(self) -> None:
+        self._writer.flush()  # the close follows what was written
+        self.transport.loseConnection()
+
     def _close_after_response(self) -> None:
         self._closing = True
         pending = list(self._exchanges)
         self._exchanges.clear()
         for exchange in pending:
             exchange.downstream_lost()
-        self.transport.loseConnection()
+        self._lose_connection()
 
 
 class HTTP11ServerFactory(Factory):

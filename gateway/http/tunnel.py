@@ -61,7 +61,7 @@ class TunnelExchange(ProxyExchange):
         backend.transport.registerProducer(self._sink.read_gate, True)
         early, self._early = self._early, []
         for data in early:
-            backend.transport.write(data)
+            backend.write_raw(data)
         self._last_activity = self._context.reactor.seconds()
         self._timer = self._context.reactor.callLater(self._upstream.config.read_timeout, self._check_idle)
 
@@ -72,7 +72,7 @@ class TunnelExchange(ProxyExchange):
             self._early.append(data)  # the client did not wait for the 101
             return
         self._last_activity = self._context.reactor.seconds()
-        self._backend.transport.write(data)
+        self._backend.write_raw(data)
 
     def from_backend(self, data: bytes) -> None:
         self._last_activity = self._context.reactor.seconds()
