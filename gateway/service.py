@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 from dataclasses import replace
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -47,11 +48,11 @@ class ListenerService(Service):
     gateway at once with a clear message.  Connections are accepted once the
     reactor runs, after the processes have been started.
 
-    With workers, the master binds the socket and never accepts on it
-    (*factory* None); each worker adopts an inherited copy (*inherited*).
+    In a worker of ``workers: N``, the socket is the master's, inherited as a
+    file descriptor (*inherited*).
     """
 
-    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory | None,
+    def __init__(self, reactor, listener: ListenerConfig, factory: HTTP11ServerFactory,
                  tls: ServerTLS | None = None, shutdown_timeout: float = 10.0,
                  backends: BackendsReady | None = None, inherited: InheritedSocket | None = None) -> None:
         self._reactor = reactor
@@ -60,11 +61,7 @@ class ListenerService(Service):
         self._http_factory = factory
         self._shutdown_timeout = shutdown_timeout
         self._inherited = inherited
-        if factory is None:
-            self._factory = ServerFactory()  # the master's socket: bound, never accepting
-            self._factory.noisy = False
-        else:
-            self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
+        self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
         self.tls = tls
         self.port = None
         self.setName(f"listener:{listener.name}")
@@ -90,17 +87,9 @@ class ListenerService(Service):
     def startService(self) -> None:
         super().startService()
         port = self.port
-        if port is None:
-            return
-        if self._http_factory is None:
-            port.stopReading()  # the workers accept on this socket; the master never does
-        elif self._backends is not None:
+        if port is not None and self._backends is not None:
             port.stopReading()  # connections wait in the backlog until the backends listen
             self._backends.ready().addCallback(lambda _: port.startReading() if port.connected else None)
-
-    def inheritable(self) -> InheritedSocket:
-        """The listening socket's file descriptor and address family, for a worker to adopt."""
-        return self.port.fileno(), self.port.socket.family
 
     def stopService(self) -> Deferred | None:
         """Stop accepting, then let the requests in flight finish (within the shutdown timeout)."""
@@ -109,9 +98,52 @@ class ListenerService(Service):
             return None
         port, self.port = self.port, None
         stopped = maybeDeferred(port.stopListening)
-        if self._http_factory is not None:
-            stopped.addCallback(lambda _: self._http_factory.shut_down(self._reactor, self._shutdown_timeout))
+        stopped.addCallback(lambda _: self._http_factory.shut_down(self._reactor, self._shutdown_timeout))
         return stopped
+
+
+class SharedSocketService(Service):
+    """The master's side of a listener with ``workers: N``: a bound socket it never accepts on.
+
+    A plain socket rather than a Twisted port: stopping a port shuts the
+    socket down, which would make a worker's ``accept()`` on its copy fail
+    mid-shutdown; closing the master's copy only removes it from the
+    workers' shared socket.
+    """
+
+    def __init__(self, listener: ListenerConfig) -> None:
+        self._listener = listener
+        self._socket: socket.socket | None = None
+        self.setName(f"listener:{listener.name}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        listener = self._listener
+        family = socket.AF_INET6 if isIPv6Address(listener.interface) else socket.AF_INET
+        shared = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            shared.bind((listener.interface, listener.port))
+            shared.listen(511)
+            shared.setblocking(False)  # shared with the workers' reactors, which must never block on accept()
+        except OSError as error:
+            shared.close()
+            raise SystemExit(f"gateway: listener {listener.name!r} cannot listen on "
+                             f"{listener.interface}:{listener.port}: {error}") from None
+        self._socket = shared
+        host, port = shared.getsockname()[:2]
+        log.info("listener {name} serving {scheme} on {host}:{port}", name=listener.name, host=host, port=port,
+                 scheme="https" if listener.tls is not None else "http")
+
+    def inheritable(self) -> InheritedSocket:
+        """The listening socket's file descriptor and address family, for a worker to adopt."""
+        return self._socket.fileno(), self._socket.family
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 class UpstreamConnectionsService(Service):
@@ -349,7 +381,7 @@ def build_master_service(config: GatewayConfig, reactor) -> MultiService:
         if listener.tls is not None:
             # Generated here, once; checked here on SIGHUP before any worker is told.
             tls_listeners[listener.name] = build_tls(listener, config.source)
-        socket_service = ListenerService(reactor, listener, None)
+        socket_service = SharedSocketService(listener)
         socket_service.setServiceParent(sockets)
         workers.sockets.append(socket_service)
     ConfigReloader(reactor, ConfigApplier(config, live, tls_listeners)).setServiceParent(root)

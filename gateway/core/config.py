@@ -111,7 +111,7 @@ class UpstreamConfig:
     #: default keep-alive (2 s) so that the gateway, not the backend, closes it.
     keepalive_timeout: float = 1.5
     #: Idle connections kept per backend server.
-    keepalive_connections: int = 32
+    keepalive_connections: int = 128
     connect_timeout: float = 5.0
     read_timeout: float = 60.0  # between two reads of a backend's response
     retries: int | None = None  # extra tries on other servers; None: as many as there are other servers
@@ -496,7 +496,7 @@ class _Validator:
                      for i, server in enumerate(servers)], "server")
         keepalive_timeout = self.number(data.get("keepalive_timeout", 1.5), path + ("keepalive_timeout",),
                                         "a number of seconds > 0")
-        keepalive_connections = self.integer(data.get("keepalive_connections", 32),
+        keepalive_connections = self.integer(data.get("keepalive_connections", 128),
                                              path + ("keepalive_connections",), 0)
         timeouts = self.mapping(data.get("timeouts", {}), path + ("timeouts",), ("connect", "read"))
         retries = data.get("retries")

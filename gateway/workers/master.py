@@ -111,7 +111,7 @@ class WorkerSet(Service):
         self._count = config.workers
         self._shutdown_timeout = config.shutdown_timeout
         self._backends = backends
-        self.sockets: list = []  # the master's ListenerServices, in listener order
+        self.sockets: list = []  # the master's SharedSocketServices, in listener order
         self.live: LiveUpstreams | None = None  # the master's FleetUpstreams, set by the service builder
         self._workers: dict[int, WorkerProcess] = {}
         self._restarts: dict[int, int] = {}
