@@ -2,8 +2,10 @@
 
 ``build_service`` is the only place where the parts meet: the live upstream
 pools, their connection pools, the route table, the listeners, the access log
-and the supervised processes.  Children start in the order they are added:
-the processes, then the access log, then the listeners.
+and the supervised processes.  Children start in the order they are added
+(see each builder's docstring) and stop in the reverse order.  With
+``workers: N`` the same parts are split between a master
+(:func:`build_master_service`) and N workers (:func:`build_worker_service`).
 """
 
 from __future__ import annotations
