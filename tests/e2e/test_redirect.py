@@ -157,9 +157,9 @@ def test_redirected_paths_never_reach_backend(site: Site, marker: str) -> None:
             status, _, _ = http_get(site.http, path, method=method, body=body, headers={"Host": "localhost"})
             assert status in (301, 308), (method, path, status)
     assert_backend_never_saw(site, marker)
-    log = site.gateway.stdout_text()
-    assert any(marker in line and " 301 " in line for line in log.splitlines()), \
-        "redirects are not in the gateway's access log"
+    # Access-log lines are flushed twice a second: wait (bounded) for them.
+    wait_until(lambda: any(marker in line and " 301 " in line for line in site.gateway.stdout_text().splitlines()),
+               5.0, message="the redirects in the gateway's access log")
 
 
 @pytest.mark.parametrize("host, expected", [
