@@ -211,7 +211,8 @@ class LiveUpstreams:
         self._departures.setdefault((name, server.address), []).append(gone_deferred)
         if server.removing:
             return succeed((False, gone_deferred))  # already draining out
-        self._record_removed(name, server.address)
+        in_config = any(item.address == server.address for item in self._config.upstreams[name].servers)
+        self._changes.record_removed(name, server.address, in_config)
         persisted = self._persist()
         gone = upstream.pool.remove(server.address)
         if gone:
@@ -234,10 +235,6 @@ class LiveUpstreams:
         if server is None or server.removing:
             raise OperatorError(404, f"no server {address} in upstream {upstream.pool.name}")
         return server
-
-    def _record_removed(self, name: str, address: str) -> None:
-        in_config = any(item.address == address for item in self._config.upstreams[name].servers)
-        self._changes.record_removed(name, address, in_config)
 
     def _server_gone(self, name: str, address: str) -> None:
         log.info("upstream {name}: server {address} removed", name=name, address=address)
