@@ -22,7 +22,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.accesslog import AccessLogWriter
 from gateway.admin.tokens import TokenError, read_token
@@ -30,6 +29,7 @@ from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, Listene
 from gateway.core.routing import RouteTable
 from gateway.health import HealthChecker
 from gateway.http.proxy import ProxyContext
+from gateway.http.sending import DirectSendTLSFactory
 from gateway.http.server import HTTP11ServerFactory
 from gateway.core.state import LiveChanges
 from gateway.live import LiveUpstreams, StateStore, read_live_changes
@@ -63,7 +63,7 @@ class ListenerService(Service):
         self._http_factory = factory
         self._shutdown_timeout = shutdown_timeout
         self._inherited = inherited
-        self._factory = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
+        self._factory = DirectSendTLSFactory(tls, False, factory, clock=reactor) if tls is not None else factory
         self.tls = tls
         self.port = None
         self.setName(f"listener:{listener.name}")
