@@ -26,6 +26,9 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
+    from gateway.reactor import install_if_none
+
+    install_if_none()
     from twisted.internet import reactor
 
     from gateway.service import build_service

@@ -70,6 +70,9 @@ class Worker:
 
 
 def main() -> None:
+    from gateway.reactor import install_if_none
+
+    install_if_none()
     from twisted.internet import reactor
 
     worker = Worker(reactor)

@@ -52,6 +52,7 @@ def test_daemonized_gateway_serves_logs_and_stops_on_sigterm(backends, tmp_path:
         log = wait_until(lambda: (text := read_text(logfile)) and "serving http" in text and text, 10.0,
                          message="the startup lines in the log file")
         assert "starting up" in log
+        assert "reactor class: gateway.reactor.GatewayReactor" in log
         assert f"listener public serving http on {HOST}:{port}" in log
         wait_until(lambda: '"GET /json HTTP/1.1" 200' in read_text(access_path), 5.0,
                    message="the access-log line")
