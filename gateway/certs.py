@@ -8,7 +8,7 @@ What gets made, and why:
 
 - Keys are ECDSA P-256: a TLS handshake signs with the server key, and P-256
   signatures are far cheaper than RSA-2048's (see ARCHITECTURE.md, TLS).
-  They are written as unencrypted PKCS#8 PEM, which pyOpenSSL loads.
+  They are written as unencrypted PKCS#8 PEM, which Python's ssl loads.
 - ``generate --out DIR`` makes a small local CA (``ca.crt``/``ca.key``, 10
   years, ``pathlen:0``: it signs leaves only) and a server certificate signed
   by it (``NAME.crt``/``NAME.key``, NAME defaulting to ``gateway``).  Clients

@@ -29,8 +29,8 @@ from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, Listene
 from gateway.core.routing import RouteTable
 from gateway.health import HealthChecker
 from gateway.http.proxy import ProxyContext
-from gateway.http.sending import DirectSendTLSFactory
 from gateway.http.server import HTTP11ServerFactory
+from gateway.http.tls_transport import TLSServerFactory
 from gateway.core.state import LiveChanges
 from gateway.live import LiveUpstreams, StateStore, read_live_changes
 from gateway.processes import build_process_monitor
@@ -63,7 +63,7 @@ class ListenerService(Service):
         self._http_factory = factory
         self._shutdown_timeout = shutdown_timeout
         self._inherited = inherited
-        self._factory = DirectSendTLSFactory(tls, False, factory, clock=reactor) if tls is not None else factory
+        self._factory = TLSServerFactory(tls.wrap, factory, reactor) if tls is not None else factory
         self.tls = tls
         self.port = None
         self.setName(f"listener:{listener.name}")

@@ -1,45 +1,46 @@
-"""TLS termination: pyOpenSSL contexts for a listener, chosen per connection by SNI.
+"""TLS termination: the contexts of a listener (``ssl.SSLContext``), chosen per connection by SNI.
 
-One ``SSL.Context`` is built per configured certificate, once, and reused for
+One ``ssl.SSLContext`` is built per configured certificate, once, and reused for
 every connection.  The first certificate is the default; a client's SNI name
 switches the connection to the certificate whose subjectAltNames match it
 (``*.example.com`` wildcards included).
 
 Settings: TLS 1.2 or newer, forward-secret AEAD ciphers only, no
 compression, no renegotiation, ALPN ``http/1.1``.  Unlike Twisted's
-``CertificateOptions`` (which turns them off), session tickets and a server
-session cache are on, so reconnecting clients resume instead of paying a full
-handshake.  :meth:`ServerTLS.reload` rebuilds the contexts from the files
-(SIGHUP); connections already open keep the context they started with.
+``CertificateOptions`` (which turns them off), session tickets and the
+server session cache stay on (OpenSSL's defaults, which Python keeps), so
+reconnecting clients resume instead of paying a full handshake.
+:meth:`ServerTLS.reload` rebuilds the contexts from the files (SIGHUP);
+connections already open keep the context they started with.
+
+The standard library's ``ssl`` rather than pyOpenSSL: see
+:mod:`gateway.http.tls_transport` for why.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
-from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from gateway.core.config import ConfigError, TLSConfig
 
 log = Logger(namespace="gateway.tls")
 
-_MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.2 suites: ECDHE key exchange (forward secrecy) with AEAD encryption only.
 # TLS 1.3 suites are all forward-secret AEAD and need no list.
-_TLS12_CIPHERS = b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
-                 b"ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-_ALPN = b"http/1.1"
+_TLS12_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+                 "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 
 @dataclass(frozen=True)
 class LoadedCertificate:
-    context: SSL.Context
+    context: ssl.SSLContext
     names: tuple[str, ...]  # lower-case DNS names and IP addresses from the SANs (or the CN)
     not_after: datetime.datetime
 
@@ -66,10 +67,6 @@ def name_matches(pattern: str, name: str) -> bool:
     return False
 
 
-def _alpn_select(connection: SSL.Connection, offered: list[bytes]):
-    return _ALPN if _ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
-
-
 def load_certificate(cert_path: str, key_path: str, min_version: str, source: str) -> LoadedCertificate:
     """Build the context for one certificate; raise ConfigError naming the file when it is unusable."""
     for path in (cert_path, key_path):
@@ -83,34 +80,24 @@ def load_certificate(cert_path: str, key_path: str, min_version: str, source: st
         raise ConfigError(f"{source}: cannot read the certificate {cert_path}: {error.strerror}") from None
     except ValueError as error:
         raise ConfigError(f"{source}: {cert_path} is not a PEM certificate: {error}") from None
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(_MIN_VERSIONS[min_version])
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-    context.set_cipher_list(_TLS12_CIPHERS)
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    context.set_session_id(b"gateway")
-    context.set_alpn_select_callback(_alpn_select)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _MIN_VERSIONS[min_version]
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_ciphers(_TLS12_CIPHERS)
+    context.set_alpn_protocols(["http/1.1"])  # no overlap with the client's list: no ALPN, as nginx
     try:
-        context.use_certificate_chain_file(cert_path)
-        context.use_privatekey_file(key_path)
-        context.check_privatekey()
-    except SSL.Error as error:
+        context.load_cert_chain(cert_path, key_path)  # checks that the key matches
+    except ssl.SSLError as error:
         raise ConfigError(f"{source}: the key {key_path} does not match the certificate {cert_path} "
-                          f"or cannot be used ({_ssl_reason(error)})") from None
+                          f"or cannot be used ({error.reason or error})") from None
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read {cert_path} or {key_path}: {error.strerror}") from None
     return LoadedCertificate(context=context, names=certificate_names(certificate),
                              not_after=certificate.not_valid_after_utc)
 
 
-def _ssl_reason(error: SSL.Error) -> str:
-    details = error.args[0] if error.args else []
-    if isinstance(details, list) and details:
-        return "; ".join(str(item[-1]) for item in details)
-    return str(error)
-
-
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
-    """The TLS side of one listener: makes the OpenSSL connection for each client."""
+    """The TLS side of one listener: starts the TLS session of each client connection."""
 
     def __init__(self, config: TLSConfig, source: str) -> None:
         self._config = config
@@ -132,7 +119,7 @@ class ServerTLS:
         config, loaded = prepared
         now = datetime.datetime.now(datetime.timezone.utc)
         for item, certificate in zip(config.certificates, loaded):
-            certificate.context.set_tlsext_servername_callback(self._select_certificate)
+            certificate.context.sni_callback = self._select_certificate
             if certificate.not_after < now:
                 log.warn("certificate {path} expired on {date}; clients will refuse it", path=item.cert,
                          date=certificate.not_after.isoformat())
@@ -148,12 +135,13 @@ class ServerTLS:
                     return certificate
         return self._certificates[0]
 
-    def _select_certificate(self, connection: SSL.Connection) -> None:
-        server_name = connection.get_servername()
+    def _select_certificate(self, connection: ssl.SSLObject, server_name: str | None,
+                            context: ssl.SSLContext) -> None:
         if server_name:
-            chosen = self.certificate_for(server_name.decode("ascii", "replace"))
-            if chosen.context is not connection.get_context():
-                connection.set_context(chosen.context)
+            chosen = self.certificate_for(server_name)
+            if chosen.context is not context:
+                connection.context = chosen.context
 
-    def serverConnectionForTLS(self, protocol) -> SSL.Connection:
-        return SSL.Connection(self._certificates[0].context, None)
+    def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
+        """The server side of a new TLS session over these memory BIOs (the default certificate until SNI)."""
+        return self._certificates[0].context.wrap_bio(incoming, outgoing, server_side=True)

@@ -18,8 +18,9 @@ faster here, with a worse p99, since every send then wakes its peer alone.)
 This is the one place that touches Twisted's private transport attributes
 (``dataBuffer``, ``_tempDataLen``, ``_writeDisconnecting``...).  It is used
 only for the exact classes :class:`twisted.internet.tcp.Server` and
-:class:`twisted.internet.tcp.Client` (TLS listeners hand protocols a
-``TLSMemoryBIOProtocol``, which gets a plain ``transport.write``), and a
+:class:`twisted.internet.tcp.Client` (on TLS listeners the HTTP protocol's
+transport is a :class:`~gateway.http.tls_transport.TLSServerTransport`, which
+joins the same batch and sends its records with :func:`send_now`), and a
 gathered write is sent directly only when the transport's own buffer is
 empty, it is connected, not closing, not TLS and has no pull producer:
 exactly what the reactor would do on its next writable event (but with
@@ -38,9 +39,7 @@ the next poll), though callers flush first where they can; after
 
 from __future__ import annotations
 
-from OpenSSL.SSL import WantReadError
 from twisted.internet import tcp
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 
 #: The transport classes whose internals this module knows (the exact classes, not subclasses).
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
@@ -71,6 +70,14 @@ class _Batch:
 _batches: dict[int, _Batch] = {}
 
 
+def batch_for(reactor) -> _Batch:
+    """The batch of *reactor*'s current iteration: ``add(writer)`` calls ``writer.flush()`` once at its end."""
+    batch = _batches.get(id(reactor))
+    if batch is None or batch._reactor is not reactor:
+        batch = _batches[id(reactor)] = _Batch(reactor)
+    return batch
+
+
 class BatchedWriter:
     """``write(data)`` for one transport; see the module docstring."""
 
@@ -80,11 +87,7 @@ class BatchedWriter:
         self._transport = transport
         self._held: list[bytes] = []
         if type(transport) in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE):
-            reactor = transport.reactor
-            batch = _batches.get(id(reactor))
-            if batch is None or batch._reactor is not reactor:
-                batch = _batches[id(reactor)] = _Batch(reactor)
-            self._batch = batch
+            self._batch = batch_for(transport.reactor)
             self.write = self._gather
             self.write_sequence = self._gather_sequence
         else:
@@ -140,32 +143,3 @@ def send_now(t, data: bytes) -> None:
         return
     # Part sent (the kernel's buffer is full), or nothing: Twisted takes the rest.
     t.write(data[sent:] if sent else data)
-
-
-class DirectSendTLSProtocol(BufferingTLSTransport):
-    """Twisted's TLS layer, handing its records to the TCP transport with :func:`send_now`.
-
-    ``BufferingTLSTransport`` already gathers the application's writes of one
-    reactor iteration and encrypts them together in a ``callLater(0)``; the
-    records it then writes would otherwise wait for the writability round
-    trip described in the module docstring (measured: the ``epoll_ctl`` calls
-    alone were a tenth of the gateway's time under TLS keep-alive load).
-
-    This overrides ``_flushSendBIO``, a private method of
-    :class:`twisted.protocols.tls.TLSMemoryBIOProtocol` (the one place where
-    it writes to its transport); ``tests/protocol/test_sending.py`` checks
-    that it still exists with that role.
-    """
-
-    def _flushSendBIO(self) -> None:
-        try:
-            data = self._tlsConnection.bio_read(2**15)
-        except WantReadError:
-            return  # nothing to send
-        send_now(self.transport, data)
-
-
-class DirectSendTLSFactory(TLSMemoryBIOFactory):
-    """``TLSMemoryBIOFactory`` building :class:`DirectSendTLSProtocol`."""
-
-    protocol = DirectSendTLSProtocol

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import httptools
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -347,3 +348,47 @@ def parse_request_head(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], b
         assert colon, header_line
         headers.append((name, value))
     return line, headers, rest
+
+
+# -- a real tcp.Server around a fake socket (for the tests of direct sending) ----------
+
+
+class FakeSocket:
+    """Records what is sent; takes at most *room* bytes per send (None: everything)."""
+
+    def __init__(self, room: int | None = None, error: int | None = None) -> None:
+        self.sent: list[bytes] = []
+        self.room = room
+        self.error = error
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 99
+
+    def setsockopt(self, *args) -> None:
+        pass
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, data) -> int:
+        if self.error is not None:
+            raise OSError(self.error, "error")
+        data = bytes(data)
+        if self.room is not None:
+            data = data[:self.room]
+            self.room -= len(data)
+        self.sent.append(data)
+        return len(data)
+
+
+def tcp_server(reactor: MemoryReactorClock, sock: FakeSocket, protocol: Protocol | None = None) -> tcp.Server:
+    """A connected ``tcp.Server`` (the class the reactor makes) whose socket is *sock*."""
+    server = tcp.Server(sock, protocol or Protocol(), ("127.0.0.1", 50000), None, 1, reactor)
+    server.connected = 1
+    return server

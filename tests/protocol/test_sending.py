@@ -7,55 +7,16 @@ Real ``twisted.internet.tcp.Server`` transports around a fake socket and a
 from __future__ import annotations
 
 import errno
-import inspect
 
 import pytest
-from OpenSSL import SSL
-from twisted.internet import main, tcp
+from twisted.internet import main
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from gateway import certs
-from gateway.core.config import CertificateConfig, TLSConfig
-from gateway.http.sending import BatchedWriter, DirectSendTLSFactory
-from gateway.tls import ServerTLS
-
-
-class FakeSocket:
-    """Records what is sent; takes at most *room* bytes per send (None: everything)."""
-
-    def __init__(self, room: int | None = None, error: int | None = None) -> None:
-        self.sent: list[bytes] = []
-        self.room = room
-        self.error = error
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return 99
-
-    def setsockopt(self, *args) -> None:
-        pass
-
-    def shutdown(self, how: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def send(self, data) -> int:
-        if self.error is not None:
-            raise OSError(self.error, "error")
-        data = bytes(data)
-        if self.room is not None:
-            data = data[:self.room]
-            self.room -= len(data)
-        self.sent.append(data)
-        return len(data)
+from gateway.http.sending import BatchedWriter
+from protocol_harness import FakeSocket, tcp_server as transport
 
 
 @implementer(IPushProducer)
@@ -71,12 +32,6 @@ class Producer:
 
     def stopProducing(self) -> None:
         pass
-
-
-def transport(reactor: MemoryReactorClock, sock: FakeSocket) -> tcp.Server:
-    server = tcp.Server(sock, Protocol(), ("127.0.0.1", 50000), None, 1, reactor)
-    server.connected = 1
-    return server
 
 
 @pytest.fixture
@@ -235,105 +190,3 @@ def test_other_transports_are_written_directly():
     writer.write_sequence((b"b", b"c"))
     writer.flush()
     assert tr.value() == b"abc"
-
-
-# --- TLS: DirectSendTLSProtocol -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server_tls(tmp_path_factory) -> ServerTLS:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = certs.generate_self_signed(["localhost"])
-    (folder / "gateway.crt").write_bytes(certs.certificate_pem(cert))
-    (folder / "gateway.key").write_bytes(certs.private_key_pem(key))
-    return ServerTLS(TLSConfig(certificates=(CertificateConfig(cert=str(folder / "gateway.crt"),
-                                                                key=str(folder / "gateway.key")),)), "test.yaml")
-
-
-class Received(Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-
-def tls_pair(reactor: MemoryReactorClock, sock: FakeSocket, server_tls: ServerTLS):
-    """A server-side TLS connection on a real tcp.Server, and an in-memory pyOpenSSL client."""
-    factory = DirectSendTLSFactory(server_tls, False, Factory.forProtocol(Received), clock=reactor)
-    tr = transport(reactor, sock)
-    tls = factory.buildProtocol(("127.0.0.1", 50000))
-    tr.protocol = tls
-    tls.makeConnection(tr)
-    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    client = SSL.Connection(client_context, None)
-    client.set_connect_state()
-    return tr, tls, client
-
-
-def shuttle(client: SSL.Connection, tls, sock: FakeSocket) -> None:
-    """Carry the client's bytes to the server and what the server sent back to the client."""
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    while True:
-        try:
-            outgoing = client.bio_read(65536)
-        except SSL.WantReadError:
-            outgoing = b""
-        if outgoing:
-            tls.dataReceived(outgoing)
-        incoming = b"".join(sock.sent)
-        sock.sent.clear()
-        if incoming:
-            client.bio_write(incoming)
-            try:
-                client.do_handshake()
-            except SSL.WantReadError:
-                pass
-        if not outgoing and not incoming:
-            return
-
-
-def test_tls_records_leave_without_the_writability_round_trip(reactor, server_tls):
-    sock = FakeSocket()
-    tr, tls, client = tls_pair(reactor, sock, server_tls)
-    shuttle(client, tls, sock)
-    assert tls._handshakeDone  # the server's handshake flights were sent straight from the read
-    assert reactor.getWriters() == []
-    client.send(b"GET / HTTP/1.1\r\n\r\n")
-    shuttle(client, tls, sock)
-    assert tls.wrappedProtocol.data == b"GET / HTTP/1.1\r\n\r\n"
-    tls.write(b"HTTP/1.1 200 OK\r\n")
-    tls.write(b"content-length: 0\r\n\r\n")
-    assert sock.sent == []  # Twisted's TLS layer gathers the iteration's writes...
-    reactor.advance(0)
-    assert reactor.getWriters() == []  # ...and the records are sent at once, not on a writable event
-    client.bio_write(b"".join(sock.sent))
-    assert client.recv(1024) == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-
-
-def test_tls_records_queue_behind_buffered_bytes(reactor, server_tls):
-    sock = FakeSocket()
-    tr, tls, client = tls_pair(reactor, sock, server_tls)
-    shuttle(client, tls, sock)
-    sock.room = 10  # the kernel takes only 10 bytes
-    tls.write(b"x" * 1000)
-    reactor.advance(0)
-    assert reactor.getWriters() == [tr]  # the rest waits in Twisted's buffer
-    tls.write(b"y" * 1000)
-    reactor.advance(0)
-    sock.room = None
-    tr.doWrite()
-    client.bio_write(b"".join(sock.sent))
-    received = b""
-    while len(received) < 2000:
-        received += client.recv(4096)
-    assert received == b"x" * 1000 + b"y" * 1000
-
-
-def test_twisted_tls_still_writes_through_flush_send_bio():
-    # DirectSendTLSProtocol overrides this private method: it must still be the one that writes.
-    source = inspect.getsource(TLSMemoryBIOProtocol._flushSendBIO)
-    assert "self.transport.write" in source
