@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 import httptools
 from twisted.internet import error, tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.core.config import parse_config
 from gateway.core.pool import UpstreamPool
@@ -392,3 +394,20 @@ def tcp_server(reactor: MemoryReactorClock, sock: FakeSocket, protocol: Protocol
     server = tcp.Server(sock, protocol or Protocol(), ("127.0.0.1", 50000), None, 1, reactor)
     server.connected = 1
     return server
+
+
+@implementer(IPushProducer)
+class Producer:
+    """A push producer that records whether it is paused."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass

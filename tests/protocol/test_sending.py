@@ -10,28 +10,10 @@ import errno
 
 import pytest
 from twisted.internet import main
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from zope.interface import implementer
 
 from gateway.http.sending import BatchedWriter
-from protocol_harness import FakeSocket, tcp_server as transport
-
-
-@implementer(IPushProducer)
-class Producer:
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        pass
+from protocol_harness import FakeSocket, Producer, tcp_server as transport
 
 
 @pytest.fixture

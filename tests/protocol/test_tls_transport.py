@@ -22,7 +22,7 @@ from gateway import certs
 from gateway.core.config import CertificateConfig, TLSConfig
 from gateway.http.tls_transport import TLSServerFactory, TLSServerTransport
 from gateway.tls import ServerTLS
-from protocol_harness import FakeSocket, tcp_server
+from protocol_harness import FakeSocket, Producer, tcp_server
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -162,18 +162,6 @@ def test_records_queue_behind_what_the_kernel_did_not_take(reactor, ca):
 def test_a_full_tcp_buffer_pauses_the_registered_producer(reactor, ca):
     server, tcp, peer = connect(reactor, ca)
     peer.handshake()
-
-    class Producer:
-        paused = False
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-
-        def stopProducing(self) -> None:
-            pass
 
     producer = Producer()
     server.registerProducer(producer, True)
