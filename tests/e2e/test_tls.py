@@ -15,6 +15,7 @@ tests that change files, send signals or abuse the port get their own.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import http.client
 import json
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import simple_websocket
 from cryptography import x509
 from harness import (
     HOST,
@@ -225,6 +227,42 @@ def test_large_https_downloads_arrive_whole_to_slow_and_fast_readers(shared: Sha
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert results["slow"] == expected
+
+
+def test_large_https_upload_to_a_slow_backend_arrives_whole(shared: Shared) -> None:
+    """A 16 MiB POST over TLS to a backend that sleeps before reading: held back, then whole."""
+    body = os.urandom(16 * 1024 * 1024)
+    with tls_connect(shared.plain, tls_client_context(shared.certs.ca), timeout=30) as sock:
+        status, _, answer = request_on(sock, "POST", "/upload?delay=1", body=body, timeout=30,
+                                       headers={"Host": "localhost", "Content-Type": "application/octet-stream"})
+        assert status == 200, answer
+        result = json.loads(answer)
+        assert result["bytes"] == len(body)
+        assert result["sha256"] == hashlib.sha256(body).hexdigest()
+        status, _, _ = get(sock, "/json")  # the connection is still in step
+        assert status == 200
+
+
+def test_client_leaving_mid_download_does_not_disturb_others(shared: Shared) -> None:
+    context = tls_client_context(shared.certs.ca)
+    for _ in range(3):
+        sock = tls_connect(shared.plain, context)
+        sock.sendall(b"GET /stream?bytes=50000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.recv(65536)
+        sock.close()  # no close_notify, mid-body
+        assert_still_serves(shared.plain, shared.certs.ca)
+
+
+def test_websocket_over_tls(shared: Shared, backends) -> None:
+    ws = simple_websocket.Client.connect(f"wss://localhost:{shared.plain}/api/ws",
+                                         ssl_context=tls_client_context(shared.certs.ca))
+    try:
+        for message in ("hello", "x" * 200_000):
+            ws.send(message)
+            answer = ws.receive(timeout=10)
+            assert answer.startswith(f"api-1 {backends.api.address} ") and answer.endswith(f": {message}")
+    finally:
+        ws.close()
 
 
 # -- protocol versions ------------------------------------------------------------------------
