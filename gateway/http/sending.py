@@ -43,6 +43,8 @@ from twisted.internet import tcp
 
 #: The transport classes whose internals this module knows (the exact classes, not subclasses).
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
+#: Per transport class: whether BatchedWriter may send on it directly (see _STATE).
+_SENDS_DIRECTLY: dict[type, bool] = {}
 _STATE = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_writeDisconnecting",
           "_writeDisconnected", "_aborting", "TLS", "producer", "streamingProducer", "socket", "reactor")
 
@@ -86,7 +88,11 @@ class BatchedWriter:
     def __init__(self, transport) -> None:
         self._transport = transport
         self._held: list[bytes] = []
-        if type(transport) in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE):
+        kind = type(transport)
+        direct = _SENDS_DIRECTLY.get(kind)
+        if direct is None:  # (checked on the first transport of each class: a new connection is hot too)
+            direct = _SENDS_DIRECTLY[kind] = kind in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE)
+        if direct:
             self._batch = batch_for(transport.reactor)
             self.write = self._gather
             self.write_sequence = self._gather_sequence

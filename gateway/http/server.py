@@ -66,7 +66,7 @@ class HTTP11ServerProtocol(Protocol):
         self._draining = False  # the gateway is shutting down: finish in-flight work, then close
         self._scheme = listener.scheme
         self._redirect = listener.redirect
-        self._response_headers = serialize_headers(listener.response_headers)  # added to every response (HSTS)
+        self._response_headers = listener.response_headers  # added to every response (HSTS)
         self._timeouts = listener.timeouts
         self._limits = listener.limits
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
@@ -503,9 +503,9 @@ class HTTP11ServerFactory(Factory):
         self.context = context
         self.scheme = "https" if listener.tls is not None else "http"
         self.redirect = listener.redirect
-        self.response_headers: Headers = []
-        if listener.tls is not None and listener.tls.hsts is not None:
-            self.response_headers.append((b"Strict-Transport-Security", b"max-age=%d" % listener.tls.hsts))
+        hsts = listener.tls.hsts if listener.tls is not None else None
+        #: Header lines added to every response (HSTS), serialized once.
+        self.response_headers = b"" if hsts is None else b"Strict-Transport-Security: max-age=%d\r\n" % hsts
 
     def buildProtocol(self, addr) -> HTTP11ServerProtocol:
         return HTTP11ServerProtocol(self.context, self)
