@@ -72,6 +72,18 @@ class _Batch:
 _batches: dict[int, _Batch] = {}
 
 
+def _sends_directly(transport) -> bool:
+    """Whether *transport* is a plain TCP one with the internals this module reads.
+
+    Checked on the first transport of each class only: opening a connection is hot too.
+    """
+    kind = type(transport)
+    direct = _SENDS_DIRECTLY.get(kind)
+    if direct is None:
+        direct = _SENDS_DIRECTLY[kind] = kind in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE)
+    return direct
+
+
 def batch_for(reactor) -> _Batch:
     """The batch of *reactor*'s current iteration: ``add(writer)`` calls ``writer.flush()`` once at its end."""
     batch = _batches.get(id(reactor))
@@ -88,11 +100,7 @@ class BatchedWriter:
     def __init__(self, transport) -> None:
         self._transport = transport
         self._held: list[bytes] = []
-        kind = type(transport)
-        direct = _SENDS_DIRECTLY.get(kind)
-        if direct is None:  # (checked on the first transport of each class: a new connection is hot too)
-            direct = _SENDS_DIRECTLY[kind] = kind in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE)
-        if direct:
+        if _sends_directly(transport):
             self._batch = batch_for(transport.reactor)
             self.write = self._gather
             self.write_sequence = self._gather_sequence
@@ -130,7 +138,7 @@ def send_now(t, data: bytes) -> None:
     not TLS and has no pull producer; otherwise, and for whatever the kernel
     does not take, ``t.write``.
     """
-    if type(t) not in _PLAIN_TCP:
+    if not _sends_directly(t):
         t.write(data)
         return
     if t._aborting:
