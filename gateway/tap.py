@@ -26,10 +26,12 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from gateway.reactor import install_if_none
+    from gateway.reactor import freeze_startup_objects, install_if_none
 
     install_if_none()
     from twisted.internet import reactor
+
+    reactor.callWhenRunning(freeze_startup_objects)  # (twistd starts the services before the reactor)
 
     from gateway.service import build_service
 

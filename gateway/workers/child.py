@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway.core.config import GatewayConfig
 from gateway.core.state import LiveChanges
+from gateway.reactor import freeze_startup_objects
 from gateway.workers.channel import Channel
 from gateway.workers.master import FROM_WORKER, TO_WORKER
 
@@ -55,6 +56,7 @@ class Worker:
         service.privilegedStartService()
         service.startService()
         self._reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        freeze_startup_objects()
 
     def _apply(self, config: GatewayConfig, changes: LiveChanges, reload: bool) -> list[tuple[str, str]]:
         """A SIGHUP reload (*reload*) or an operator's change; answers with the servers still draining."""
