@@ -263,6 +263,9 @@ def test_websocket_over_tls(shared: Shared, backends) -> None:
             assert answer.startswith(f"api-1 {backends.api.address} ") and answer.endswith(f": {message}")
     finally:
         ws.close()
+        # simple_websocket's reader thread can still write to its (closed) socket's file
+        # descriptor; a connection the next test opens could get that number and those bytes.
+        ws.thread.join(timeout=10)
 
 
 # -- protocol versions ------------------------------------------------------------------------
