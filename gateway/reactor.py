@@ -11,7 +11,10 @@ load (py-spy), and the gateway never reads that context: its own log events
 Twisted itself writes while handling an event (an unhandled exception in a
 protocol) still appear, with ``[-]`` in place of the connection's name.
 
-:class:`GatewayReactor` changes nothing else; :func:`install_if_none` installs it
+:class:`GatewayReactor` also answers a second SIGINT or SIGTERM during the
+graceful shutdown with one log line (Twisted's handler would call ``stop()``
+again and log a ``ReactorNotRunning`` traceback); it changes nothing else.
+:func:`install_if_none` installs it
 unless a reactor is already installed (``twistd --reactor=...`` keeps the
 operator's choice).  Only where ``epoll`` exists (Linux); elsewhere Twisted's
 default reactor is used.
@@ -31,11 +34,15 @@ import errno
 import gc
 import sys
 
+from twisted.logger import Logger
+
 try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # no select.epoll: not Linux
     EPollReactor = None
 
+
+_log = Logger(namespace="gateway")
 
 if EPollReactor is not None:
     class GatewayReactor(EPollReactor):
@@ -56,6 +63,29 @@ if EPollReactor is not None:
                     handle(selectable, fd, event)
 
         doIteration = doPoll
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.shutting_down = False
+            self.addSystemEventTrigger("before", "shutdown", self._shutdown_began)
+
+        def _shutdown_began(self) -> None:
+            self.shutting_down = True
+
+        def sigInt(self, number: int, frame=None) -> None:
+            if not self._already_stopping("SIGINT"):
+                super().sigInt(number, frame)
+
+        def sigTerm(self, number: int, frame=None) -> None:
+            if not self._already_stopping("SIGTERM"):
+                super().sigTerm(number, frame)
+
+        def _already_stopping(self, name: str) -> bool:
+            """A second stop signal during the drain: say so (Twisted's own handler logs a traceback)."""
+            if self.shutting_down:
+                _log.info("{signal} ignored: already shutting down (the requests in flight have until "
+                          "shutdown_timeout)", signal=name)
+            return self.shutting_down
 
 
 def install_if_none() -> None:

@@ -124,6 +124,29 @@ def test_a_sighup_during_the_drain_does_not_kill_the_gateway(backends, gateway) 
     assert code == SIGTERM_EXIT, f"exit code {code}\n{instance.output()}"
 
 
+def test_a_second_sigterm_during_the_drain_is_logged_not_a_traceback(backends, gateway) -> None:
+    """Operators press Ctrl-C twice or a supervisor repeats SIGTERM: the drain goes on, quietly."""
+    port = free_port()
+    instance = gateway(gateway_config(port, web=[backends.web1.address], shutdown_timeout=10))
+    slow = Background(lambda: http_get(port, f"/sleep?seconds={SLOW_SECONDS}"))
+    slow.start()
+    time.sleep(SETTLE)
+
+    instance.send_signal(signal.SIGTERM)
+    wait_until(lambda: connect_refused(port), timeout=2.0, interval=0.02, message="connections refused")
+    instance.send_signal(signal.SIGTERM)
+    instance.send_signal(signal.SIGINT)
+    slow.join(SLOW_SECONDS + 15)
+    code = wait_for_exit(instance, 15)
+
+    assert (slow.status, slow.served_by, slow.error) == (200, "web-1", None)
+    assert code == SIGTERM_EXIT, f"exit code {code}\n{instance.output()}"
+    output = instance.stdout_text() + instance.stderr_text()
+    assert "SIGTERM ignored: already shutting down" in output
+    assert "SIGINT ignored: already shutting down" in output
+    assert "Traceback" not in output and "ReactorNotRunning" not in output
+
+
 def test_a_request_longer_than_shutdown_timeout_is_cut_off(backends, gateway) -> None:
     port = free_port()
     instance = gateway(gateway_config(port, web=[backends.web1.address], shutdown_timeout=1))
