@@ -135,7 +135,8 @@ def test_a_second_sigterm_during_the_drain_is_logged_not_a_traceback(backends, g
     instance.send_signal(signal.SIGTERM)
     wait_until(lambda: connect_refused(port), timeout=2.0, interval=0.02, message="connections refused")
     instance.send_signal(signal.SIGTERM)
-    instance.send_signal(signal.SIGINT)
+    # (not SIGINT too: a gateway started from a background job inherits SIGINT ignored,
+    # and Twisted then leaves it alone; sigInt goes through the same check)
     slow.join(SLOW_SECONDS + 15)
     code = wait_for_exit(instance, 15)
 
@@ -143,7 +144,6 @@ def test_a_second_sigterm_during_the_drain_is_logged_not_a_traceback(backends, g
     assert code == SIGTERM_EXIT, f"exit code {code}\n{instance.output()}"
     output = instance.stdout_text() + instance.stderr_text()
     assert "SIGTERM ignored: already shutting down" in output
-    assert "SIGINT ignored: already shutting down" in output
     assert "Traceback" not in output and "ReactorNotRunning" not in output
 
 
