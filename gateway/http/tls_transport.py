@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ssl
 
-from twisted.internet.interfaces import IProtocolFactory, ITransport
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,8 +57,7 @@ class TLSServerTransport(Protocol):
         self._batch = batch_for(reactor)
         self._held: list[bytes] = []  # written since the last flush (or before the handshake ended)
         self._handshake_done = False
-        self._closing = False  # loseConnection called: close_notify follows what was written
-        self._closed = False  # no more TLS: close_notify sent, or the connection failed
+        self._closed = False  # no more TLS: closing (close_notify sent), or the connection failed
 
     # -- the TCP side (Protocol) -------------------------------------------------
 
@@ -96,7 +95,7 @@ class TLSServerTransport(Protocol):
                 self._fail(f"TLS error: {error.reason or error}")
                 return
             if not plaintext:  # (a memory BIO has no EOF: empty means close_notify)
-                self._peer_closed()
+                self._close()  # the client sends no more requests: close like on a TCP EOF
                 return
             deliver(plaintext)
             if self._closed or (not incoming.pending and not tls.pending()):
@@ -112,7 +111,7 @@ class TLSServerTransport(Protocol):
     # -- the application side (ITransport) --------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._closing or self._closed or not data:
+        if self._closed or not data:
             return
         held = self._held
         if not held and self._handshake_done:
@@ -138,19 +137,16 @@ class TLSServerTransport(Protocol):
         self._send_records()
 
     def loseConnection(self) -> None:
-        if self._closing or self._closed:
+        if self._closed:
             return
-        self._closing = True
         if self._handshake_done:
             self.flush()
-            self._closed = True
-            try:
-                self._tls.unwrap()  # close_notify; the peer's answer is not waited for
-            except ssl.SSLError:
-                pass  # SSLWantReadError: it was sent
-            self._send_records()
-        self._closed = True
-        self.transport.loseConnection()
+            if not self._closed:
+                try:
+                    self._tls.unwrap()  # close_notify; the peer's answer is not waited for
+                except ssl.SSLError:
+                    pass  # SSLWantReadError: it was sent
+        self._close()
 
     def abortConnection(self) -> None:
         self._closed = True
@@ -168,7 +164,7 @@ class TLSServerTransport(Protocol):
 
     @property
     def disconnecting(self) -> bool:
-        return self._closing or self.transport.disconnecting
+        return self._closed or self.transport.disconnecting
 
     def registerProducer(self, producer, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
@@ -185,11 +181,6 @@ class TLSServerTransport(Protocol):
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
-    @property
-    def negotiated_protocol(self) -> str | None:
-        """The ALPN protocol chosen in the handshake (``http/1.1``), or None."""
-        return self._tls.selected_alpn_protocol()
-
     # -- internals ------------------------------------------------------------------
 
     def _send_records(self) -> None:
@@ -197,24 +188,19 @@ class TLSServerTransport(Protocol):
         if records:
             send_now(self.transport, records)
 
-    def _peer_closed(self) -> None:
-        """close_notify from the client: no more requests; close like a TCP EOF."""
-        self._closing = True
-        self._closed = True
-        self._send_records()
-        self.transport.loseConnection()
-
     def _fail(self, why: str) -> None:
         """A handshake or record the TLS library refused: send its alert, then close."""
         log.debug("{client}: {why}", client=self.transport.getPeer().host, why=why)
-        self._closing = True
+        self._close()
+
+    def _close(self) -> None:
+        """No more TLS: send what OpenSSL still has (close_notify, an alert), then close TCP."""
         self._closed = True
         self._held.clear()
         self._send_records()
         self.transport.loseConnection()
 
 
-@implementer(IProtocolFactory)
 class TLSServerFactory(Factory):
     """Wraps every connection of *wrapped* (an HTTP factory) in :class:`TLSServerTransport`."""
 
