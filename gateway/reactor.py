@@ -10,6 +10,11 @@ load (py-spy), and the gateway never reads that context: its own log events
 (``twisted.logger.Logger``) are labelled by namespace, and the legacy lines
 Twisted itself writes while handling an event (an unhandled exception in a
 protocol) still appear, with ``[-]`` in place of the connection's name.
+A plain read on a TCP connection (the event nearly every request is made
+of) is handled in ``doPoll`` itself: ``recv``, then the protocol's
+``dataReceived``, with Twisted's outcomes for an error, an end of file or an
+exception, but without the three Python frames Twisted's dispatch adds
+(about 3% of the gateway's instructions per proxied request).
 
 :class:`GatewayReactor` also answers a second SIGINT or SIGTERM during the
 graceful shutdown with one log line (Twisted's handler would call ``stop()``
@@ -34,15 +39,26 @@ import errno
 import gc
 import sys
 
+from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
+from twisted.python import log
 
 try:
+    from select import EPOLLIN
+
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # no select.epoll: not Linux
     EPollReactor = None
 
 
 _log = Logger(namespace="gateway")
+#: The connection classes whose reads GatewayReactor handles itself: exact classes (not
+#: subclasses), and only while they read the way it copies (Connection.doRead).
+_TCP_CONNECTIONS = frozenset(kind for kind in (tcp.Server, tcp.Client)
+                             if kind.doRead is tcp.Connection.doRead
+                             and kind._dataReceived is tcp.Connection._dataReceived)
+EWOULDBLOCK = errno.EWOULDBLOCK
 
 if EPollReactor is not None:
     class GatewayReactor(EPollReactor):
@@ -59,8 +75,29 @@ if EPollReactor is not None:
             handle = self._doReadOrWrite
             for fd, event in events:
                 selectable = selectables.get(fd)
-                if selectable is not None:
+                if selectable is None:
+                    continue
+                if event != EPOLLIN or type(selectable) not in _TCP_CONNECTIONS:
                     handle(selectable, fd, event)
+                    continue
+                # A read on a TCP connection: what _doReadOrWrite, Connection.doRead and
+                # _dataReceived do for it, without their three Python frames.
+                try:
+                    data = selectable.socket.recv(selectable.bufferSize)
+                except OSError as error:
+                    why = None if error.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                else:
+                    if data:
+                        try:
+                            selectable.protocol.dataReceived(data)
+                            continue
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()
+                    else:
+                        why = CONNECTION_DONE
+                if why:
+                    self._disconnectSelectable(selectable, why, True)
 
         doIteration = doPoll
 

@@ -1,7 +1,8 @@
 """gateway.reactor: GatewayReactor's event dispatch and the start-up freeze of the garbage collector.
 
 A GatewayReactor instance is made here but never installed or run: one
-``doPoll`` at a time, on a socket pair.
+``doPoll`` at a time, on a socket pair, or on a real TCP connection accepted
+on loopback (whose reads ``doPoll`` handles itself).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import gc
 import socket
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
 
 from gateway.reactor import GatewayReactor, freeze_startup_objects
 
@@ -86,3 +90,78 @@ def test_freeze_startup_objects_moves_live_objects_out_of_the_collectors_passes(
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+class Recorder(Protocol):
+    """A TCP connection's protocol that records what reaches it (and raises *error* on data, if set)."""
+
+    error: BaseException | None = None
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.error is not None:
+            raise self.error
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = reason
+
+
+@pytest.fixture
+def accepted():
+    """A GatewayReactor listening on loopback, one connected client socket, and the accepted side's protocol."""
+    reactor = GatewayReactor()
+    protocols: list[Recorder] = []
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: protocols.append(Recorder()) or protocols[-1]),
+                             interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    for _ in range(20):
+        reactor.doPoll(0.1)  # the listening port accepts
+        if protocols:
+            break
+    assert protocols, "the connection was not accepted"
+    (protocol,) = protocols
+    assert type(protocol.transport) is tcp.Server  # the class doPoll reads itself
+    yield reactor, client, protocol
+    client.close()
+    port.stopListening()
+    if protocol.lost is None:
+        protocol.transport.abortConnection()
+
+
+def poll_until(reactor, done) -> None:
+    for _ in range(20):
+        reactor.doPoll(0.1)
+        if done():
+            return
+
+
+def test_tcp_data_reaches_the_protocol_and_the_peers_close_ends_the_connection(accepted):
+    reactor, client, protocol = accepted
+    client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    poll_until(reactor, lambda: protocol.received)
+    assert b"".join(protocol.received) == b"GET / HTTP/1.1\r\n\r\n"
+    assert protocol.lost is None
+    client.close()
+    poll_until(reactor, lambda: protocol.lost is not None)
+    assert protocol.lost is not None and protocol.lost.check(ConnectionDone)
+    assert protocol.transport not in reactor.getReaders()
+
+
+def test_an_exception_in_datareceived_on_tcp_is_logged_and_disconnects(accepted):
+    reactor, client, protocol = accepted
+    protocol.error = RuntimeError("boom")
+    logged: list[dict] = []
+    log.addObserver(logged.append)
+    try:
+        client.sendall(b"x")
+        poll_until(reactor, lambda: protocol.lost is not None)
+    finally:
+        log.removeObserver(logged.append)
+    assert protocol.received == [b"x"]
+    assert protocol.lost is not None and protocol.lost.check(RuntimeError)
+    assert protocol.transport not in reactor.getReaders()
+    assert any(event.get("isError") and "boom" in str(event.get("failure")) for event in logged)
