@@ -56,3 +56,41 @@ class ReadGate:
 
     def stopProducing(self) -> None:
         """The consumer went away: the exchange that owns both sides handles that."""
+
+
+@implementer(IPushProducer)
+class BackendThrottle:
+    """The client connection's producer for its whole life: throttles whichever backend is answering.
+
+    Registered on the client transport once, when the connection opens, rather
+    than once per response (registering and unregistering a producer is six
+    Python calls through Twisted's transport layers, on every request).  When
+    the client's write buffer fills, the backend connection currently attached
+    stops being read; a backend attached while the buffer is still full starts
+    paused.  It must be unregistered before the client transport is closed:
+    Twisted keeps a connection with a registered, paused producer open.
+    """
+
+    __slots__ = ("source", "paused")
+
+    def __init__(self) -> None:
+        self.source: ReadGate | None = None
+        self.paused = False
+
+    def attach(self, source: ReadGate) -> None:
+        self.source = source
+        if self.paused:
+            source.pause(BACKPRESSURE)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.source is not None:
+            self.source.pause(BACKPRESSURE)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.source is not None:
+            self.source.resume(BACKPRESSURE)
+
+    def stopProducing(self) -> None:
+        """The client connection is gone: the exchange using it handles that."""

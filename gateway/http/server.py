@@ -29,7 +29,7 @@ from gateway.core.headers import Headers, serialize_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
 from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
-from gateway.http.flow import ReadGate
+from gateway.http.flow import BackendThrottle, ReadGate
 from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decide
 from gateway.http.sending import BatchedWriter
 from gateway.http.tunnel import TunnelExchange
@@ -93,12 +93,14 @@ class HTTP11ServerProtocol(Protocol):
         self._write = self._writer.write
         self._write_sequence = self._writer.write_sequence
         self.read_gate = ReadGate(self.transport)
+        self._throttle = BackendThrottle()
         if len(self._connections) > self._limits.max_connections:
             log.warn("listener at max_connections ({limit}): closing a new connection", limit=self._limits.max_connections)
             self._closing = True
             self.transport.abortConnection()
             return
         self.transport.setTcpNoDelay(True)
+        self.transport.registerProducer(self._throttle, True)
         self._client_ip = self.transport.getPeer().host
         self._parser = httptools.HttpRequestParser(self)
         self._set_deadline("header", self._timeouts.header)
@@ -360,10 +362,10 @@ class HTTP11ServerProtocol(Protocol):
         self._lose_connection()
 
     def register_producer(self, producer: ReadGate) -> None:
-        self.transport.registerProducer(producer, True)
+        self._throttle.attach(producer)
 
     def unregister_producer(self) -> None:
-        self.transport.unregisterProducer()
+        self._throttle.source = None
 
     # -- internals ------------------------------------------------------------
 
@@ -480,6 +482,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def _lose_connection(self) -> None:
         self._writer.flush()  # the close follows what was written
+        self.transport.unregisterProducer()  # (a paused producer would hold the connection open)
         self.transport.loseConnection()
 
     def _close_after_response(self) -> None:

@@ -359,10 +359,35 @@ def test_download_backpressure_pauses_the_backend(gw):
     assert backend.transport.producerState == "producing"
     producer.pauseProducing()
     backend.reply(b"a" * 900)  # already in flight when the pause came
-    assert client.transport.producer is None  # unregistered when the response is complete
+    assert producer.source is None  # detached when the response is complete
     # pooled for the next request, and reading again (so that a close by the backend is seen)
     assert gw.upstreams["api"].connections.idle_count("127.0.0.1:9001") == 1
     assert backend.transport.producerState == "producing"
+
+
+def test_a_backend_answering_while_the_clients_buffer_is_full_starts_paused(gw):
+    client = gw.client()
+    backend, _ = forwarded_request(gw, client, get())
+    backend.reply(OK_5)
+    client.take()
+    client.transport.producer.pauseProducing()  # the client stopped reading
+    client.send(get())
+    assert backend.request().startswith(b"GET /api/users HTTP/1.1\r\n")  # the same pooled connection
+    backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100)
+    assert backend.transport.producerState == "paused"
+    client.transport.producer.resumeProducing()
+    assert backend.transport.producerState == "producing"
+
+
+def test_the_client_connection_closes_with_its_producer_unregistered(gw):
+    client = gw.client()
+    assert client.transport.producer is not None  # registered once, when the connection opened
+    client.transport.producer.pauseProducing()  # (a paused producer would keep it open)
+    client.send(b"GET /api/users HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    backend = gw.accept_backend()
+    backend.reply(OK_5)
+    assert client.transport.disconnecting
+    assert client.transport.producer is None
 
 
 def test_upstream_connection_reused_for_the_next_request(gw):
