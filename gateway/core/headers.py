@@ -1,9 +1,10 @@
 """Header rules for the messages the gateway forwards (RFC 9110 section 7.6).
 
-Headers travel as lists of ``(name, value)`` byte pairs in their original
-case; these functions compare names in lower case.  The gateway writes the
-framing headers (Content-Length / Transfer-Encoding) itself, so they are
-dropped here along with the hop-by-hop ones.
+Headers arrive as lists of ``(name, value)`` byte pairs in their original
+case and leave as serialized header lines; these functions compare names in
+lower case.  The gateway writes the framing headers (Content-Length /
+Transfer-Encoding) itself, so they are dropped here along with the
+hop-by-hop ones.
 """
 
 from __future__ import annotations
@@ -23,55 +24,81 @@ _REQUEST_REPLACED = HOP_BY_HOP | {
     b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }
 _RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length"}
-_FORWARDED_PROTO = {scheme: (b"X-Forwarded-Proto", scheme.encode("ascii")) for scheme in ("http", "https")}
+_FORWARDED_PROTO = {scheme: b"X-Forwarded-Proto: %s\r\n" % scheme.encode("ascii") for scheme in ("http", "https")}
 
 
-def _end_to_end(headers: Headers, replaced: frozenset[bytes],
-                collect: bytes = b"") -> tuple[Headers, list[bytes]]:
-    """The headers not in *replaced* nor named by Connection, and the values of header *collect*.
-
-    One pass, one ``lower()`` per header: this runs twice for every request.
-    """
-    kept: Headers = []
-    collected: list[bytes] = []
-    listed: set[bytes] | None = None
-    for pair in headers:
-        lower = pair[0].lower()
-        if lower not in replaced:
-            kept.append(pair)
-        elif lower == b"connection":
-            value = pair[1].lower()
-            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
-                # Names already dropped need no second pass.
-                tokens = {token.strip() for token in value.split(b",")} - replaced - {b""}
-                if tokens:
-                    listed = tokens if listed is None else listed | tokens
-        elif lower == collect:
-            collected.append(pair[1])
-    if listed:
-        kept = [pair for pair in kept if pair[0].lower() not in listed]
-    return kept, collected
+def _connection_options(value: bytes, listed: set[bytes] | None, replaced: frozenset[bytes]) -> set[bytes] | None:
+    """Add the header names a Connection header lists to *listed* (names already dropped need no second pass)."""
+    value = value.lower()
+    if value == b"keep-alive":  # (names only itself, already dropped: the common case)
+        return listed
+    tokens = {token.strip() for token in value.split(b",")} - replaced - {b""}
+    if not tokens:
+        return listed
+    return tokens if listed is None else listed | tokens
 
 
-def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host: bytes | None) -> Headers:
-    """The headers a backend receives: end-to-end ones plus X-Forwarded-*.
+def _kept_lines(headers: Headers, replaced: frozenset[bytes], listed: set[bytes]) -> list[bytes]:
+    """The serialized headers not in *replaced* nor *listed* (the rare second pass, when Connection lists some)."""
+    return [name + b": " + value + b"\r\n" for name, value in headers
+            if name.lower() not in replaced and name.lower() not in listed]
+
+
+def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str, host: bytes | None) -> bytes:
+    """The header lines a backend receives, serialized: the end-to-end ones plus X-Forwarded-*.
 
     Host is kept as the client sent it.  X-Forwarded-For gets the client's
     address appended (nginx's ``$proxy_add_x_forwarded_for``); X-Forwarded-Proto
     and X-Forwarded-Host are set by the gateway, never taken from the client.
+    One pass and one ``lower()`` per header: this runs for every request.
     """
-    result, forwarded_for = _end_to_end(headers, _REQUEST_REPLACED, collect=b"x-forwarded-for")
+    lines: list[bytes] = []
+    forwarded_for: list[bytes] = []
+    listed: set[bytes] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _REQUEST_REPLACED:
+            lines.append(name + b": " + value + b"\r\n")
+        elif lower == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif lower == b"connection":
+            listed = _connection_options(value, listed, _REQUEST_REPLACED)
+    if listed:
+        lines = _kept_lines(headers, _REQUEST_REPLACED, listed)
     client = client_ip.encode("ascii")
-    result.append((b"X-Forwarded-For", b", ".join(forwarded_for) + b", " + client if forwarded_for else client))
-    result.append(_FORWARDED_PROTO.get(scheme) or (b"X-Forwarded-Proto", scheme.encode("ascii")))
+    lines.append(b"X-Forwarded-For: " + (b", ".join(forwarded_for) + b", " + client if forwarded_for else client)
+                 + b"\r\n")
+    lines.append(_FORWARDED_PROTO.get(scheme) or b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n")
     if host is not None:
-        result.append((b"X-Forwarded-Host", host))
-    return result
+        lines.append(b"X-Forwarded-Host: " + host + b"\r\n")
+    return b"".join(lines)
 
 
-def downstream_response_headers(headers: Headers) -> Headers:
-    """The end-to-end headers of a backend's response, without its framing."""
-    return _end_to_end(headers, _RESPONSE_REPLACED)[0]
+def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]:
+    """One pass over a backend's response headers, for the response the client gets.
+
+    Returns the end-to-end header lines, serialized (without the framing
+    headers, which the gateway writes itself), the Content-Length (``int()``
+    of the last one: ``ValueError`` if it is not a number) and whether the
+    last transfer coding is chunked.
+    """
+    lines: list[bytes] = []
+    content_length: int | None = None
+    chunked = False
+    listed: set[bytes] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _RESPONSE_REPLACED:
+            lines.append(name + b": " + value + b"\r\n")
+        elif lower == b"content-length":
+            content_length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        elif lower == b"connection":
+            listed = _connection_options(value, listed, _RESPONSE_REPLACED)
+    if listed:
+        lines = _kept_lines(headers, _RESPONSE_REPLACED, listed)
+    return b"".join(lines), content_length, chunked
 
 
 def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -14,7 +14,7 @@ import httptools
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from gateway.core.headers import Headers
+from gateway.core.headers import Headers, downstream_response_head, serialize_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, UNTIL_CLOSE
 from gateway.http.flow import ReadGate
 from gateway.http.sending import BatchedWriter
@@ -23,8 +23,9 @@ from gateway.http.sending import BatchedWriter
 class ResponseHandler(TypingProtocol):
     """What a connection reports to the exchange that is using it."""
 
-    def response_head(self, status: int, reason: bytes, headers: Headers, body: int,
-                      content_length: int | None) -> None: ...
+    def response_head(self, status: int, reason: bytes, header_lines: bytes, body: int,
+                      content_length: int | None) -> None:
+        """The response's status and header lines for the client (a 101's: all of them, as received)."""
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -35,23 +36,15 @@ class ResponseHandler(TypingProtocol):
     def upstream_timed_out(self, connection: HTTP11ClientProtocol) -> None: ...
 
 
-def response_framing(status: int, headers: Headers, head_request: bool) -> tuple[int, int | None]:
-    """How the body of a response with these headers is delimited (RFC 9112 section 6.3)."""
-    content_length: int | None = None
-    chunked = False
-    for name, value in headers:
-        size = len(name)  # (cheaper than lower-casing every name)
-        if size == 14 and name.lower() == b"content-length":
-            content_length = int(value)
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+def response_framing(status: int, content_length: int | None, chunked: bool, head_request: bool) -> int:
+    """How the body of a response is delimited (RFC 9112 section 6.3)."""
     if head_request or status in (204, 304) or status < 200:
-        return NO_BODY, content_length
+        return NO_BODY
     if chunked:
-        return CHUNKED, None
+        return CHUNKED
     if content_length is not None:
-        return FIXED_LENGTH, content_length
-    return UNTIL_CLOSE, None
+        return FIXED_LENGTH
+    return UNTIL_CLOSE
 
 
 class HTTP11ClientProtocol(Protocol):
@@ -206,19 +199,22 @@ class HTTP11ClientProtocol(Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status == 101 and self._upgrade:
-            self.handler.response_head(101, self._reason, self._headers, NO_BODY, None)
+            self.handler.response_head(101, self._reason, serialize_headers(self._headers), NO_BODY, None)
             return  # the handler has called start_tunnel (or dropped the connection)
         if 100 <= status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols to a request that asked for none")
             return  # interim responses (100 Continue, 103) are not relayed
         try:
-            framing, content_length = response_framing(status, self._headers, self._head_request)
+            header_lines, content_length, chunked = downstream_response_head(self._headers)
         except ValueError:
             raise httptools.HttpParserError("invalid Content-Length") from None
+        framing = response_framing(status, content_length, chunked, self._head_request)
+        if framing == CHUNKED:
+            content_length = None
         self._body_framing = framing
         self._head_done = True
-        self.handler.response_head(status, self._reason, self._headers, framing, content_length)
+        self.handler.response_head(status, self._reason, header_lines, framing, content_length)
 
     def on_body(self, data: bytes) -> None:
         if self.handler is not None:

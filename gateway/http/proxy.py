@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.core.accesslog import AccessRecord
-from gateway.core.headers import Headers, downstream_response_headers, serialize_headers, upstream_request_headers
+from gateway.core.headers import Headers, serialize_headers, upstream_request_header_block
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead
 from gateway.core.config import RouteConfig, UpstreamConfig
 from gateway.core.pool import ServerState, UpstreamPool
@@ -35,6 +35,8 @@ log = Logger(namespace="gateway.proxy")
 REPLAY_LIMIT = 64 * 1024
 #: Request body buffered while the backend connection is being opened.
 CONNECT_BUFFER_LIMIT = 64 * 1024
+#: The header line of every response the gateway writes itself.
+_TEXT_PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n"
 
 
 class ResponseSink(TypingProtocol):
@@ -42,8 +44,9 @@ class ResponseSink(TypingProtocol):
 
     read_gate: ReadGate
 
-    def send_head(self, head: RequestHead, status: int, reason: bytes, headers: Headers, body: int,
-                  content_length: int | None, close: bool = False) -> None: ...
+    def send_head(self, head: RequestHead, status: int, reason: bytes, header_lines: bytes, body: int,
+                  content_length: int | None, close: bool = False) -> None:
+        """Write a response head: *header_lines* are serialized, without framing headers (written here)."""
 
     def send_body(self, data: bytes) -> None: ...
 
@@ -123,12 +126,12 @@ class LocalResponse:
 
 def respond_locally(sink: ResponseSink, head: RequestHead | None, status: int, reason: bytes, body: bytes,
                     close: bool, extra_headers: Headers = ()) -> None:
-    headers = [(b"Content-Type", b"text/plain; charset=utf-8"), *extra_headers]
+    header_lines = _TEXT_PLAIN + serialize_headers(extra_headers) if extra_headers else _TEXT_PLAIN
     if head is None or head.method != b"HEAD":
-        sink.send_head(head, status, reason, headers, FIXED_LENGTH, len(body), close)
+        sink.send_head(head, status, reason, header_lines, FIXED_LENGTH, len(body), close)
         sink.send_body(body)
     else:
-        sink.send_head(head, status, reason, headers, NO_BODY, len(body), close)
+        sink.send_head(head, status, reason, header_lines, NO_BODY, len(body), close)
     sink.finish_response(close=close)
 
 
@@ -287,12 +290,14 @@ class ProxyExchange:
         self._connection = connection
         self._reused = reused
         head = self.head
-        headers = self._request_headers()
-        if head.body == CHUNKED:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        elif head.body != NO_BODY:
-            headers.append((b"Content-Length", b"%d" % head.content_length))
-        request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
+        if head.body == NO_BODY:
+            framing = b""
+        elif head.body == CHUNKED:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b"Content-Length: %d\r\n" % head.content_length
+        request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", self._request_header_lines(), framing,
+                            b"\r\n"))
         connection.send_request(self, request, head.method == b"HEAD", head.body == CHUNKED,
                                 self._upstream.config.read_timeout, upgrade=self.upgrade is not None)
         if self._pending_body:
@@ -308,13 +313,13 @@ class ProxyExchange:
             self._producing = True
             self._sink.read_gate.resume("connecting")
 
-    def _request_headers(self) -> Headers:
+    def _request_header_lines(self) -> bytes:
         head = self.head
-        return upstream_request_headers(head.headers, head.client_ip, head.scheme, head.host)
+        return upstream_request_header_block(head.headers, head.client_ip, head.scheme, head.host)
 
     # -- driven by the backend connection -----------------------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: Headers, body: int,
+    def response_head(self, status: int, reason: bytes, header_lines: bytes, body: int,
                       content_length: int | None) -> None:
         self._responding = True
         self._replay = None
@@ -324,7 +329,7 @@ class ProxyExchange:
             self._upstream.pool.record_success(self._server)
         self._record.status = status
         self._record.upstream = self._server.address
-        self._sink.send_head(self.head, status, reason, downstream_response_headers(headers), body, content_length)
+        self._sink.send_head(self.head, status, reason, header_lines, body, content_length)
         self._sink.register_producer(self._connection.gate)
 
     def response_body(self, data: bytes) -> None:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from gateway.core.accesslog import AccessRecord
 from gateway.core.config import ListenerConfig
-from gateway.core.headers import Headers, serialize_headers
+from gateway.core.headers import Headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
 from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
@@ -281,7 +281,7 @@ class HTTP11ServerProtocol(Protocol):
 
     # -- ResponseSink -----------------------------------------------------------
 
-    def send_head(self, head: RequestHead | None, status: int, reason: bytes, headers: Headers, body: int,
+    def send_head(self, head: RequestHead | None, status: int, reason: bytes, header_lines: bytes, body: int,
                   content_length: int | None, close: bool = False) -> None:
         # Parsing stopped (refused request, upgrade): the last queued response closes the connection.
         last = self._closing and len(self._exchanges) <= 1
@@ -305,8 +305,7 @@ class HTTP11ServerProtocol(Protocol):
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
-        self._write(b"".join((_status_line(status, reason), serialize_headers(headers), framing,
-                              self._response_headers, b"\r\n")))
+        self._write(b"".join((_status_line(status, reason), header_lines, framing, self._response_headers, b"\r\n")))
 
     def send_body(self, data: bytes) -> None:
         if not data:
@@ -347,11 +346,11 @@ class HTTP11ServerProtocol(Protocol):
             self._exchanges.popleft()
         self._close_after_response()
 
-    def start_tunnel(self, tunnel: TunnelExchange, headers: Headers) -> None:
-        """Relay the backend's 101 and switch this connection to carrying raw bytes."""
+    def start_tunnel(self, tunnel: TunnelExchange, header_lines: bytes) -> None:
+        """Relay the backend's 101 (*header_lines*: all it sent) and switch this connection to carrying raw bytes."""
         self._tunnel = tunnel
         self._set_deadline("", 0.0)
-        self._write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", serialize_headers(headers),
+        self._write(b"".join((b"HTTP/1.1 101 Switching Protocols\r\n", header_lines,
                               self._response_headers, b"\r\n")))
         self.read_gate.resume("upgrade")
 

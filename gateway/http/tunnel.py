@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from gateway.core.headers import Headers
 from gateway.http.client import HTTP11ClientProtocol
 from gateway.http.flow import BACKPRESSURE
 from gateway.http.proxy import ProxyExchange, write_access_log
@@ -34,17 +33,15 @@ class TunnelExchange(ProxyExchange):
         self._timer = None
         self._last_activity = 0.0
 
-    def _request_headers(self) -> Headers:
-        headers = super()._request_headers()
-        headers += [(b"Connection", b"Upgrade"), (b"Upgrade", self.upgrade)]
-        return headers
+    def _request_header_lines(self) -> bytes:
+        return super()._request_header_lines() + b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n"
 
     # -- the switch ------------------------------------------------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: Headers, body: int,
+    def response_head(self, status: int, reason: bytes, header_lines: bytes, body: int,
                       content_length: int | None) -> None:
         if status != 101:
-            super().response_head(status, reason, headers, body, content_length)
+            super().response_head(status, reason, header_lines, body, content_length)
             return
         backend = self._connection
         self._connection = None
@@ -55,7 +52,7 @@ class TunnelExchange(ProxyExchange):
         self._record.status = 101
         self._record.upstream = self._server.address
         backend.start_tunnel(self)
-        self._sink.start_tunnel(self, headers)
+        self._sink.start_tunnel(self, header_lines)
         # Each side's full buffer pauses reading on the other.
         self._sink.register_producer(backend.gate)
         backend.transport.registerProducer(self._sink.read_gate, True)

@@ -7,10 +7,25 @@ from hypothesis import given, strategies as st
 
 from gateway.core.headers import (
     HOP_BY_HOP,
-    downstream_response_headers,
+    Headers,
+    downstream_response_head,
     serialize_headers,
-    upstream_request_headers,
+    upstream_request_header_block,
 )
+
+
+def parse(lines: bytes) -> Headers:
+    """Serialized header lines back to (name, value) pairs."""
+    assert lines == b"" or lines.endswith(b"\r\n")
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]
+
+
+def upstream_request_headers(headers: Headers, client_ip: str, scheme: str, host: bytes | None) -> Headers:
+    return parse(upstream_request_header_block(headers, client_ip, scheme, host))
+
+
+def downstream_response_headers(headers: Headers) -> Headers:
+    return parse(downstream_response_head(headers)[0])
 
 
 def names(headers) -> list[bytes]:
@@ -176,7 +191,8 @@ def test_serialize_headers(headers, wire):
 token = st.from_regex(rb"[A-Za-z][A-Za-z0-9\-]{0,12}", fullmatch=True)
 
 
-@given(st.lists(st.tuples(token, st.binary(max_size=20).filter(lambda v: b"," not in v)), max_size=12),
+# (values as llhttp hands them over: never a CR or LF)
+@given(st.lists(st.tuples(token, st.binary(max_size=20).filter(lambda v: not {44, 13, 10} & set(v))), max_size=12),
        st.lists(token, max_size=3))
 def test_no_hop_by_hop_header_ever_reaches_the_backend(headers, listed):
     headers = headers + [(b"Connection", b", ".join(listed))]
@@ -189,3 +205,25 @@ def test_no_hop_by_hop_header_ever_reaches_the_backend(headers, listed):
     kept = [(n, v) for n, v in headers if n.lower() not in forbidden | {b"x-forwarded-for", b"x-forwarded-proto",
                                                                          b"x-forwarded-host"}]
     assert result[:-2] == kept
+
+
+@pytest.mark.parametrize("headers, content_length, chunked", [
+    ([(b"Content-Length", b"12")], 12, False),
+    ([(b"content-length", b"0")], 0, False),
+    ([(b"Transfer-Encoding", b"chunked")], None, True),
+    ([(b"Transfer-Encoding", b"gzip, Chunked")], None, True),
+    ([(b"Transfer-Encoding", b"chunked, gzip")], None, False),
+    ([(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")], 5, True),
+    ([(b"X-Content-Length", b"7"), (b"Transfer-Encodings", b"chunked")], None, False),
+    ([], None, False),
+])
+def test_downstream_response_head_reads_the_framing(headers, content_length, chunked):
+    lines, length, is_chunked = downstream_response_head(headers + [(b"Server", b"web-1")])
+    assert (length, is_chunked) == (content_length, chunked)
+    assert b"Server: web-1\r\n" in lines
+    assert not {b"content-length", b"transfer-encoding"} & set(names(parse(lines)))
+
+
+def test_downstream_response_head_refuses_a_content_length_that_is_not_a_number():
+    with pytest.raises(ValueError):
+        downstream_response_head([(b"Content-Length", b"abc")])
