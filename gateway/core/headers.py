@@ -28,10 +28,10 @@ _FORWARDED_PROTO = {scheme: b"X-Forwarded-Proto: %s\r\n" % scheme.encode("ascii"
 
 
 def _connection_options(value: bytes, listed: set[bytes] | None, replaced: frozenset[bytes]) -> set[bytes] | None:
-    """Add the header names a Connection header lists to *listed* (names already dropped need no second pass)."""
-    value = value.lower()
-    if value == b"keep-alive":  # (names only itself, already dropped: the common case)
-        return listed
+    """Add the header names a Connection header (*value*, lower case) lists to *listed*.
+
+    Names already dropped need no second pass and are left out.
+    """
     tokens = {token.strip() for token in value.split(b",")} - replaced - {b""}
     if not tokens:
         return listed
@@ -62,7 +62,9 @@ def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str,
         elif lower == b"x-forwarded-for":
             forwarded_for.append(value)
         elif lower == b"connection":
-            listed = _connection_options(value, listed, _REQUEST_REPLACED)
+            value = value.lower()
+            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
+                listed = _connection_options(value, listed, _REQUEST_REPLACED)
     if listed:
         lines = _kept_lines(headers, _REQUEST_REPLACED, listed)
     client = client_ip.encode("ascii")
@@ -95,7 +97,9 @@ def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]
         elif lower == b"transfer-encoding":
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif lower == b"connection":
-            listed = _connection_options(value, listed, _RESPONSE_REPLACED)
+            value = value.lower()
+            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
+                listed = _connection_options(value, listed, _RESPONSE_REPLACED)
     if listed:
         lines = _kept_lines(headers, _RESPONSE_REPLACED, listed)
     return b"".join(lines), content_length, chunked

@@ -42,10 +42,12 @@ class RouteTable:
                 self._any_host.append(entry)
             else:
                 self._by_host.setdefault(route.host, []).append(entry)
+        #: Whether a request's host name matters for matching (without, it need not be worked out).
+        self.has_host_routes = bool(self._by_host)
 
     def match(self, host: str | None, path: str) -> RouteConfig | None:
         """The route for a request to *host* (lower case, no port) and *path* (no query)."""
-        if host is not None and self._by_host:
+        if host is not None and self.has_host_routes:
             for prefix, route in self._by_host.get(host, ()):
                 if prefix_matches(prefix, path):
                     return route

@@ -451,7 +451,8 @@ def decide(context: ProxyContext, head: RequestHead) -> tuple[Upstream, bytes, R
     This is the gateway's routing decision point, kept in one function so that
     a scripted hook can wrap it later.
     """
-    route = context.routes.match(head.host_name, head.path)
+    routes = context.routes
+    route = routes.match(head.host_name if routes.has_host_routes else None, head.path)
     if route is None:
         return None
     path = strip_route_prefix(route, head.path) if route.strip_prefix else head.path

@@ -112,7 +112,10 @@ class BatchedWriter:
     def _gather(self, data: bytes) -> None:
         held = self._held
         if not held:
-            self._batch.add(self)
+            batch = self._batch  # (batch.add(self), inline: this runs for every response)
+            batch._pending.append(self)
+            if batch._call is None:
+                batch._call = batch._reactor.callLater(0, batch._run)
         held.append(data)
 
     def _gather_sequence(self, data: list[bytes] | tuple[bytes, ...]) -> None:
@@ -128,19 +131,24 @@ class BatchedWriter:
             return
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
-        send_now(self._transport, data)
+        _send(self._transport, data)  # (a writer that gathers has a transport that sends directly)
 
 
 def send_now(t, data: bytes) -> None:
-    """Send *data* on the plain TCP transport *t* at once when the reactor would send it next.
+    """Send *data* on the transport *t* at once when the reactor would send it next.
 
-    That is, when *t*'s own buffer is empty and it is connected, not closing,
-    not TLS and has no pull producer; otherwise, and for whatever the kernel
-    does not take, ``t.write``.
+    That is, on a plain TCP transport whose own buffer is empty and which is
+    connected, not closing, not TLS and has no pull producer; otherwise, and
+    for whatever the kernel does not take, ``t.write``.
     """
-    if not _sends_directly(t):
+    if _sends_directly(t):
+        _send(t, data)
+    else:
         t.write(data)
-        return
+
+
+def _send(t, data: bytes) -> None:
+    """send_now on a transport that :func:`_sends_directly`."""
     if t._aborting:
         return  # abortConnection drops unsent data
     if (t.dataBuffer or t._tempDataLen or not t.connected or t.disconnecting or t._writeDisconnecting

@@ -73,6 +73,7 @@ class HTTP11ServerProtocol(Protocol):
         self._unframed = 0  # bytes fed to the parser since the head began or body data last came out
         self._body_seen = 0  # request body bytes the parser has delivered, ever
         self._timer = None  # the one timer of the connection (see _set_deadline)
+        self._timer_at = 0.0  # when it fires (kept here: cheaper than asking it)
         self._deadline = 0.0
         self._deadline_kind = ""  # "header", "idle" or "body": what the client is expected to send
         self._exchanges: deque = deque()  # in arrival order; the first one is responding
@@ -411,11 +412,13 @@ class HTTP11ServerProtocol(Protocol):
         self._deadline_kind = kind
         if not kind:
             return
-        self._deadline = self._clock.seconds() + seconds
+        deadline = self._deadline = self._clock.seconds() + seconds
         if self._timer is None:
             self._timer = self._clock.callLater(seconds, self._deadline_passed)
-        elif self._timer.getTime() > self._deadline:
+            self._timer_at = deadline
+        elif self._timer_at > deadline:
             self._timer.reset(seconds)
+            self._timer_at = deadline
 
     def _deadline_passed(self) -> None:
         self._timer = None
@@ -425,6 +428,7 @@ class HTTP11ServerProtocol(Protocol):
         remaining = self._deadline - self._clock.seconds()
         if remaining > 0:
             self._timer = self._clock.callLater(remaining, self._deadline_passed)
+            self._timer_at = self._deadline
             return
         if kind == "idle" or (kind == "header" and not self._url_parts and not self._exchanges):
             self._closing = True  # an idle connection, or one that never sent a byte: close quietly
