@@ -39,6 +39,8 @@ the next poll), though callers flush first where they can; after
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.internet import tcp
 
 #: The transport classes whose internals this module knows (the exact classes, not subclasses).
@@ -55,15 +57,18 @@ class _Batch:
     def __init__(self, reactor) -> None:
         self._reactor = reactor
         self._pending: list = []
-        self._call = None
+        self._scheduled = False
+        # GatewayReactor runs it once the poll's events are handled; other reactors at their next timer run.
+        self._schedule = getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0)
 
     def add(self, writer: BatchedWriter) -> None:
         self._pending.append(writer)
-        if self._call is None:
-            self._call = self._reactor.callLater(0, self._run)
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self._run)
 
     def _run(self) -> None:
-        self._call = None
+        self._scheduled = False
         pending, self._pending = self._pending, []
         for writer in pending:
             writer.flush()
@@ -114,8 +119,9 @@ class BatchedWriter:
         if not held:
             batch = self._batch  # (batch.add(self), inline: this runs for every response)
             batch._pending.append(self)
-            if batch._call is None:
-                batch._call = batch._reactor.callLater(0, batch._run)
+            if not batch._scheduled:
+                batch._scheduled = True
+                batch._schedule(batch._run)
         held.append(data)
 
     def _gather_sequence(self, data: list[bytes] | tuple[bytes, ...]) -> None:

@@ -165,3 +165,77 @@ def test_an_exception_in_datareceived_on_tcp_is_logged_and_disconnects(accepted)
     assert protocol.lost is not None and protocol.lost.check(RuntimeError)
     assert protocol.transport not in reactor.getReaders()
     assert any(event.get("isError") and "boom" in str(event.get("failure")) for event in logged)
+
+
+class Notifier(Reader):
+    """A reader that records its read in *order*, and asks for *after* to run once the poll's events are handled."""
+
+    def __init__(self, reactor, sock: socket.socket, order: list[str], name: str, after=None) -> None:
+        super().__init__(reactor, sock)
+        self.order = order
+        self.name = name
+        self.after = after
+
+    def doRead(self):
+        super().doRead()
+        self.order.append(f"read {self.name}")
+        if self.after is not None:
+            self.reactor.call_after_events(self.after)
+
+
+def test_call_after_events_runs_once_every_event_of_the_poll_is_handled():
+    reactor = GatewayReactor()
+    order: list[str] = []
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        first = Notifier(reactor, pairs[0][0], order, "a", after=lambda: order.append("after"))
+        second = Notifier(reactor, pairs[1][0], order, "b")
+        reactor.addReader(first)
+        reactor.addReader(second)
+        for _, peer in pairs:
+            peer.sendall(b"x")
+        reactor.doPoll(1.0)
+        assert sorted(order[:2]) == ["read a", "read b"] and order[2:] == ["after"]
+        assert reactor.getDelayedCalls() == []  # no timer was needed
+        reactor.doPoll(0.0)
+        assert order[2:] == ["after"]  # once
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
+def test_call_after_events_outside_event_handling_is_a_zero_delay_timer():
+    reactor = GatewayReactor()
+    called: list[str] = []
+    reactor.call_after_events(lambda: called.append("x"))
+    (timer,) = reactor.getDelayedCalls()
+    assert timer.getTime() <= reactor.seconds()
+    reactor.runUntilCurrent()
+    assert called == ["x"]
+
+
+def test_an_exception_after_events_is_logged_and_the_next_function_still_runs(pair):
+    reactor = GatewayReactor()
+    order: list[str] = []
+    logged: list[dict] = []
+
+    def fail() -> None:
+        raise RuntimeError("after boom")
+
+    class TwoAfters(Notifier):
+        def doRead(self):
+            super().doRead()  # queues fail
+            self.reactor.call_after_events(lambda: order.append("second"))
+
+    reader = TwoAfters(reactor, pair[0], order, "a", after=fail)
+    reactor.addReader(reader)
+    pair[1].sendall(b"x")
+    log.addObserver(logged.append)
+    try:
+        reactor.doPoll(1.0)
+    finally:
+        log.removeObserver(logged.append)
+    assert order == ["read a", "second"]
+    assert any(event.get("isError") and "after boom" in str(event.get("failure")) for event in logged)
+    assert reader.lost is None  # the connection is not blamed for it
