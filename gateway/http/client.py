@@ -186,10 +186,6 @@ class HTTP11ClientProtocol(Protocol):
 
     # -- httptools callbacks ------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._reason = b""
-        self._headers = []
-
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
@@ -204,7 +200,11 @@ class HTTP11ClientProtocol(Protocol):
         if 100 <= status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols to a request that asked for none")
-            return  # interim responses (100 Continue, 103) are not relayed
+            # Interim responses (100 Continue, 103) are not relayed; the final one starts afresh.
+            # (Here rather than in an on_message_begin callback, which would run for every response.)
+            self._reason = b""
+            self._headers = []
+            return
         try:
             header_lines, content_length, chunked = downstream_response_head(self._headers)
         except ValueError:

@@ -184,8 +184,9 @@ def test_interim_responses_are_skipped(conn):
     handler = conn.request()
     conn.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
     assert handler.events == []
-    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-A: 1\r\n\r\nx")
     assert handler.events[0][1] == 200 and handler.events[-1] == ("finished", True)
+    assert handler.events[0][2:4] == (b"OK", b"X-A: 1\r\n")  # nothing of the interim responses' heads
 
 
 def test_close_delimited_response_finishes_on_close(conn):
