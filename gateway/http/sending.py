@@ -10,9 +10,11 @@ four system calls per request.
 :class:`BatchedWriter` keeps the batching (every write of one iteration
 leaves after the iteration's events are handled, so a peer that is woken up
 finds several messages waiting) but not the round trip: the first write to an
-idle transport schedules one call for the whole iteration (``callLater(0)``,
-shared by every transport), and that call sends what each transport gathered
-with one ``send()``.  (Sending at once, as asyncio does, was measured too: no
+idle transport schedules one call for the whole iteration, shared by every
+transport (on :class:`~gateway.reactor.GatewayReactor`, run once the poll's
+events are handled, by ``call_after_events``; on other reactors, a
+``callLater(0)``), and that call sends what each transport gathered with one
+``send()``.  (Sending at once, as asyncio does, was measured too: no
 faster here, with a worse p99, since every send then wakes its peer alone.)
 
 This is the one place that touches Twisted's private transport attributes
