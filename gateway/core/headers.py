@@ -52,13 +52,13 @@ def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str,
     and X-Forwarded-Host are set by the gateway, never taken from the client.
     One pass and one ``lower()`` per header: this runs for every request.
     """
-    lines: list[bytes] = []
+    parts: list[bytes] = []  # (pieces joined once at the end: fewer bytes objects than line by line)
     forwarded_for: list[bytes] = []
     listed: set[bytes] | None = None
     for name, value in headers:
         lower = name.lower()
         if lower not in _REQUEST_REPLACED:
-            lines.append(name + b": " + value + b"\r\n")
+            parts += (name, b": ", value, b"\r\n")
         elif lower == b"x-forwarded-for":
             forwarded_for.append(value)
         elif lower == b"connection":
@@ -66,14 +66,16 @@ def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str,
             if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
                 listed = _connection_options(value, listed, _REQUEST_REPLACED)
     if listed:
-        lines = _kept_lines(headers, _REQUEST_REPLACED, listed)
+        parts = _kept_lines(headers, _REQUEST_REPLACED, listed)
     client = client_ip.encode("ascii")
-    lines.append(b"X-Forwarded-For: " + (b", ".join(forwarded_for) + b", " + client if forwarded_for else client)
-                 + b"\r\n")
-    lines.append(_FORWARDED_PROTO.get(scheme) or b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n")
+    if forwarded_for:
+        parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b", ", client, b"\r\n")
+    else:
+        parts += (b"X-Forwarded-For: ", client, b"\r\n")
+    parts.append(_FORWARDED_PROTO.get(scheme) or b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n")
     if host is not None:
-        lines.append(b"X-Forwarded-Host: " + host + b"\r\n")
-    return b"".join(lines)
+        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
+    return b"".join(parts)
 
 
 def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]:
@@ -84,14 +86,14 @@ def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]
     of the last one: ``ValueError`` if it is not a number) and whether the
     last transfer coding is chunked.
     """
-    lines: list[bytes] = []
+    parts: list[bytes] = []  # (as above)
     content_length: int | None = None
     chunked = False
     listed: set[bytes] | None = None
     for name, value in headers:
         lower = name.lower()
         if lower not in _RESPONSE_REPLACED:
-            lines.append(name + b": " + value + b"\r\n")
+            parts += (name, b": ", value, b"\r\n")
         elif lower == b"content-length":
             content_length = int(value)
         elif lower == b"transfer-encoding":
@@ -101,8 +103,8 @@ def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]
             if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
                 listed = _connection_options(value, listed, _RESPONSE_REPLACED)
     if listed:
-        lines = _kept_lines(headers, _RESPONSE_REPLACED, listed)
-    return b"".join(lines), content_length, chunked
+        parts = _kept_lines(headers, _RESPONSE_REPLACED, listed)
+    return b"".join(parts), content_length, chunked
 
 
 def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
