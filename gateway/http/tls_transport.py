@@ -198,6 +198,8 @@ class TLSServerTransport(Protocol):
         self._closed = True
         self._held.clear()
         self._send_records()
+        # (A producer registered by the protocol and paused by a full buffer would hold it open.)
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
 

@@ -204,6 +204,27 @@ def test_close_notify_from_the_client_ends_the_connection(reactor, ca):
     assert server.wrapped.lost.check(ConnectionDone)
 
 
+def test_the_clients_close_notify_closes_even_with_a_paused_producer(reactor, ca):
+    server, tcp, peer = connect(reactor, ca)
+    peer.handshake()
+    producer = Producer()
+    server.registerProducer(producer, True)  # (the HTTP protocol keeps one registered for its life)
+    tcp.bufferSize = 1000
+    peer.sock.room = 0
+    server.write(b"z" * 4000)
+    reactor.advance(0)
+    assert producer.paused
+    try:
+        peer.tls.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    peer.to_server()
+    assert tcp.disconnecting and tcp.producer is None
+    peer.sock.room = None
+    # Twisted resumes a paused producer instead of closing; with none registered, it closes.
+    assert tcp.doWrite() is main.CONNECTION_DONE
+
+
 def test_plain_http_on_the_tls_port_is_closed(reactor, ca):
     server, tcp, peer = connect(reactor, ca)
     server.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
