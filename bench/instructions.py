@@ -7,7 +7,8 @@
 
 Why: wrk runs on a shared machine differ by 10-20%, so a change worth 2%
 cannot be seen there.  Instructions counted by ``valgrind --tool=cachegrind``
-repeat to within about 0.1%.  They leave out the kernel (about a third of the
+repeat to within about 1% (what varies is how the requests fall into the
+reactor's polls).  They leave out the kernel (about a third of the
 gateway's CPU time per request, and the same for any change to Python code)
 and are not time (a cache miss costs more than an addition), so a result
 still has to be confirmed with ``bench/run``; but they show every change
