@@ -64,11 +64,11 @@ _log = Logger(namespace="gateway")
 _TCP_CONNECTIONS = frozenset(kind for kind in (tcp.Server, tcp.Client)
                              if kind.doRead is tcp.Connection.doRead
                              and kind._dataReceived is tcp.Connection._dataReceived)
-EWOULDBLOCK = errno.EWOULDBLOCK
 
 if EPollReactor is not None:
     class GatewayReactor(EPollReactor):
-        """``EPollReactor`` dispatching socket events without a legacy logging context."""
+        """``EPollReactor`` dispatching socket events without a legacy logging context, reading TCP
+        connections itself, with :meth:`call_after_events` (see the module docstring)."""
 
         def doPoll(self, timeout: float | None) -> None:
             try:
@@ -104,7 +104,7 @@ if EPollReactor is not None:
                 try:
                     data = selectable.socket.recv(selectable.bufferSize)
                 except OSError as error:
-                    why = None if error.args[0] == EWOULDBLOCK else CONNECTION_LOST
+                    why = None if error.args[0] == errno.EWOULDBLOCK else CONNECTION_LOST
                 else:
                     if data:
                         try:
