@@ -61,6 +61,9 @@ class HTTP11ClientProtocol(Protocol):
         self.requests_sent = 0
         self.response_started = False
         self._parser: httptools.HttpResponseParser | None = None
+        # The parser is at the start of a message: the last response ended where llhttp saw it end
+        # (not a response to HEAD, ended by the gateway), so the next one may reuse it.
+        self._parser_at_start = False
         self._head_request = False
         self._head_done = False
         self._lost = False
@@ -159,7 +162,9 @@ class HTTP11ClientProtocol(Protocol):
         self._body_framing = NO_BODY
         self._reason = b""
         self._headers = []
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_at_start:
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_start = False
         self.write_raw(head)
 
     def write_body(self, data: bytes) -> None:
@@ -222,6 +227,7 @@ class HTTP11ClientProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         if self._head_done and self._body_framing != NO_BODY:
+            self._parser_at_start = True
             self._finish(self._parser.should_keep_alive())
 
     # -- internals ------------------------------------------------------------

@@ -178,6 +178,27 @@ def test_bodiless_statuses_finish_at_the_head(conn, response):
     conn.feed(response)
     assert handler.kinds == ["head", "finished"]
     assert handler.events[-1] == ("finished", True)
+    second = conn.request()
+    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert second.body == b"ok" and second.events[-1] == ("finished", True)
+
+
+def test_the_parser_is_reused_after_a_complete_response_only(conn):
+    conn.request()
+    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    parser = conn.protocol._parser
+    conn.request()
+    assert conn.protocol._parser is parser  # at the start of the next message: no new one needed
+    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    head = conn.request(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", head_request=True)
+    # (an interim response, which llhttp ends itself, then the final one, which it does not)
+    conn.feed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+              b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")  # llhttp still waits for 100 bytes
+    assert head.events[-1] == ("finished", True)
+    last = conn.request()
+    assert conn.protocol._parser is not parser
+    conn.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert last.body == b"ok" and last.events[-1] == ("finished", True)
 
 
 def test_interim_responses_are_skipped(conn):
