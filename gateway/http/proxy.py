@@ -354,12 +354,12 @@ class ProxyExchange:
             self._upstream.connections.release(server, connection)
         else:
             connection.transport.loseConnection()
-        context = self._context
-        now = context.reactor.seconds()
-        self._record.upstream_time = now - self._upstream_started
         self._sink.finish_response()
-        if context.access_log is not None:
-            context.access_log(self._record, context.reactor.seconds())
+        context = self._context
+        if context.access_log is not None:  # (the times are only for the access log)
+            now = context.reactor.seconds()
+            self._record.upstream_time = now - self._upstream_started
+            context.access_log(self._record, now)
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
         if self._finished:
