@@ -19,6 +19,9 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
 _TARGET_CHARACTERS = re.compile(rb"[!-~]+")  # visible ASCII: no spaces, controls or raw non-ASCII
 #: RFC 3986 host (reg-name or IP literal) with an optional port.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+#: Host values found valid already (a site sees a handful): the expression runs once for each.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_KEPT = 1024
 
 
 def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[bytes],
@@ -30,8 +33,11 @@ def request_problem(version: bytes, hosts: list[bytes], content_lengths: list[by
         return 400, b"Bad Request", "more than one Host header"
     if not hosts and version == b"1.1":
         return 400, b"Bad Request", "missing Host header"
-    if hosts and not _HOST.fullmatch(hosts[0]):
-        return 400, b"Bad Request", "invalid Host header"
+    if hosts and hosts[0] not in _VALID_HOSTS:
+        if not _HOST.fullmatch(hosts[0]):
+            return 400, b"Bad Request", "invalid Host header"
+        if len(_VALID_HOSTS) < _VALID_HOSTS_KEPT:
+            _VALID_HOSTS.add(hosts[0])
     if len(content_lengths) > 1:
         return 400, b"Bad Request", "more than one Content-Length header"
     if transfer_encodings and (len(transfer_encodings) > 1 or transfer_encodings[0] != b"chunked"):
