@@ -204,6 +204,8 @@ class ProxyExchange:
                 self._sink.read_gate.pause("connecting")
 
     def body_finished(self) -> None:
+        if self._body_done:
+            return  # a request without a body: nothing was streamed, nothing to end
         self._body_done = True
         if self._connection is not None and not self._finished:
             self._connection.end_body()
