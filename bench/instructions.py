@@ -16,7 +16,7 @@ to the work the interpreter does.
 
 How: two nginx upstreams (weights 3:1, as in bench/run; the tiny Twisted
 upstream when nginx is missing) and, for each tree, the gateway started from
-that tree under cachegrind twice: the client sends ``--requests`` GET requests
+that tree with bench/run's configuration, under cachegrind, twice: the client sends ``--requests`` GET requests
 in the first run and ``--requests`` more in the second, over ``--connections``
 keep-alive connections (one request on each, then all the answers read, like
 wrk's -c without its timing).  The difference between the two counts,
@@ -36,8 +36,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 import stack
 from stack import HOST, Processes, StartError
 
@@ -47,18 +45,6 @@ WARM_UP = 200  # requests before the counted ones (in both runs)
 #: The twistd command line, run from a tree so that its gateway package (and plugin) is the one imported.
 TWISTD_FROM_CWD = ("import sys; sys.path.insert(0, ''); sys.argv[0] = 'twistd'; "
                    "from twisted.scripts.twistd import run; run()")
-
-
-def gateway_config(backends: stack.Backends, port: int) -> str:
-    """One plain HTTP listener in front of *backends*, no access log: the bench's keep-alive setting."""
-    return yaml.safe_dump({
-        "listeners": [{"name": "http", "port": port, "interface": HOST}],
-        "upstreams": {"bench": {"servers": [{"address": f"{HOST}:{s.port}", "weight": s.weight}
-                                            for s in backends.servers]}},
-        "routes": [{"path": "/", "upstream": "bench"}],
-        "access_log": None,
-        "shutdown_timeout": 2,
-    }, sort_keys=False)
 
 
 def send_requests(port: int, requests: int, connections: int, close: bool) -> None:
@@ -137,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         procs = Processes(workdir, pin=False)
         try:
             backends = stack.start_fast_upstreams(procs, workdir, use_nginx=shutil.which("nginx") is not None)
+            certs = stack.generate_certs(workdir)  # (bench/run's configuration has an HTTPS listener too)
             for tree in options.trees:
                 port = stack.free_port()
                 config = workdir / "gateway.yaml"
-                config.write_text(gateway_config(backends, port))
+                config.write_text(stack.gateway_config(backends, port, stack.free_port(), certs,
+                                                       max_connections=1024))
                 counts = [count_instructions(tree.resolve(), config, port, total, options.connections, options.close,
                                              procs, workdir / f"cachegrind-{total}.out")
                           for total in (requests, 2 * requests)]
