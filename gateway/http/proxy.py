@@ -358,10 +358,9 @@ class ProxyExchange:
             connection.transport.loseConnection()
         self._sink.finish_response()
         context = self._context
-        if context.access_log is not None:  # (the times are only for the access log)
-            now = context.reactor.seconds()
-            self._record.upstream_time = now - self._upstream_started
-            context.access_log(self._record, now)
+        if context.access_log is not None:  # (the time is only for the access log)
+            self._record.upstream_time = context.reactor.seconds() - self._upstream_started
+        write_access_log(context, self._record)
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
         if self._finished:
