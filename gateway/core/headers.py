@@ -14,9 +14,11 @@ from typing import Iterable
 Headers = list[tuple[bytes, bytes]]
 
 #: Headers that describe one connection, never forwarded (plus those named in Connection).
+#: "Close" is a reserved name (RFC 9110 section 18.4), listed so that ``Connection: close``
+#: names a header already dropped: no second pass over the headers for every such message.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
-    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"close",
 })
 
 #: Headers the gateway sets itself on requests towards a backend.
