@@ -33,7 +33,8 @@ did not take, goes through the ordinary
 send is retried by the reactor, which then reports the lost connection).
 
 Ordering: every write to a transport must go through its writer.  Gathered
-data is sent even when ``loseConnection`` was called in between (the reactor
+data is sent even when ``loseConnection`` (or
+:meth:`BatchedWriter.lose_connection`) was called in between (the reactor
 closes only once the transport's buffer is empty, and the batch runs before
 the next poll), though callers flush first where they can; after
 ``abortConnection`` it is dropped, as Twisted drops its buffer.
@@ -44,6 +45,8 @@ from __future__ import annotations
 from functools import partial
 
 from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE
+from twisted.python.failure import Failure
 
 #: The transport classes whose internals this module knows (the exact classes, not subclasses).
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
@@ -61,13 +64,13 @@ class _Batch:
         self._pending: list = []
         self._scheduled = False
         # GatewayReactor runs it once the poll's events are handled; other reactors at their next timer run.
-        self._schedule = getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0)
+        self.after_events = getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0)
 
     def add(self, writer: BatchedWriter) -> None:
         self._pending.append(writer)
         if not self._scheduled:
             self._scheduled = True
-            self._schedule(self._run)
+            self.after_events(self._run)
 
     def _run(self) -> None:
         self._scheduled = False
@@ -123,7 +126,7 @@ class BatchedWriter:
             batch._pending.append(self)
             if not batch._scheduled:
                 batch._scheduled = True
-                batch._schedule(batch._run)
+                batch.after_events(batch._run)
         held.append(data)
 
     def _gather_sequence(self, data: list[bytes] | tuple[bytes, ...]) -> None:
@@ -140,6 +143,37 @@ class BatchedWriter:
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
         _send(self._transport, data)  # (a writer that gathers has a transport that sends directly)
+
+    def lose_connection(self) -> None:
+        """``transport.loseConnection()``, without a round trip through the reactor when all was sent.
+
+        Twisted closes a transport on its next writable event, once its
+        buffer is sent, even an empty one: per closed connection two
+        ``epoll_ctl`` calls, an empty ``send()`` and one more event to
+        dispatch.  A plain TCP transport stops reading now and, if nothing is
+        left to send once the iteration's events are handled (and its batch
+        sent), closes then: ``stopWriting`` and ``connectionLost``, as
+        Twisted's ``loseConnection`` does at once for a transport whose write
+        side is shut.  If something is left (gathered, buffered, written
+        meanwhile), Twisted sends it and then closes, the transport being
+        "disconnecting", as after its own ``loseConnection``.
+        """
+        t = self._transport
+        if self._batch is None or not t.connected or t.disconnecting:
+            t.loseConnection()
+            return
+        t.stopReading()
+        t.disconnecting = True
+        self._batch.after_events(self._close_if_sent)
+
+    def _close_if_sent(self) -> None:
+        t = self._transport
+        if not t.connected or t._aborting:
+            return  # lost or aborted meanwhile: Twisted is closing it
+        if self._held or t.dataBuffer or t._tempDataLen:
+            return  # left to Twisted (see above)
+        t.stopWriting()
+        t.connectionLost(Failure(CONNECTION_DONE))
 
 
 def send_now(t, data: bytes) -> None:

@@ -498,7 +498,7 @@ class HTTP11ServerProtocol(Protocol):
     def _lose_connection(self) -> None:
         self._writer.flush()  # the close follows what was written
         self.transport.unregisterProducer()  # (a paused producer would hold the connection open)
-        self.transport.loseConnection()
+        self._writer.lose_connection()
 
     def _close_after_response(self) -> None:
         self._closing = True

@@ -362,6 +362,7 @@ class FakeSocket:
         self.sent: list[bytes] = []
         self.room = room
         self.error = error
+        self.closed = False
 
     def setblocking(self, flag: bool) -> None:
         pass
@@ -376,7 +377,7 @@ class FakeSocket:
         pass
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def send(self, data) -> int:
         if self.error is not None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 
 import pytest
-from twisted.internet import main
+from twisted.internet import error, main
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from gateway.http.sending import BatchedWriter
 from protocol_harness import FakeSocket, Producer, tcp_server as transport
@@ -131,6 +133,57 @@ def test_data_written_before_lose_connection_is_sent_before_the_close(reactor):
     assert sock.sent == []  # not sent behind the reactor's back of a closing transport...
     assert tr.doWrite() is main.CONNECTION_DONE  # ...but by the reactor, before closing
     assert sock.sent == [b"data"]
+
+
+class LossRecorder(Protocol):
+    def __init__(self) -> None:
+        self.reasons: list[Failure] = []
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.reasons.append(reason)
+
+
+def test_lose_connection_closes_after_the_iteration_without_a_writable_event(reactor):
+    sock = FakeSocket()
+    protocol = LossRecorder()
+    tr = transport(reactor, sock, protocol)
+    tr.startReading()
+    writer = BatchedWriter(tr)
+    writer.write(b"last answer")
+    writer.flush()
+    writer.lose_connection()
+    assert reactor.getReaders() == [] and reactor.getWriters() == []  # no more reads; no writability round trip
+    assert tr.disconnecting and protocol.reasons == []
+    reactor.advance(0)
+    assert sock.sent == [b"last answer"] and sock.closed
+    assert [reason.type for reason in protocol.reasons] == [error.ConnectionDone]
+
+
+def test_what_is_written_after_lose_connection_is_sent_before_the_close(reactor):
+    sock = FakeSocket()
+    protocol = LossRecorder()
+    tr = transport(reactor, sock, protocol)
+    writer = BatchedWriter(tr)
+    writer.lose_connection()
+    writer.write(b"late")
+    reactor.advance(0)
+    assert protocol.reasons == [] and not sock.closed
+    assert tr.doWrite() is main.CONNECTION_DONE  # Twisted's path: sent, then closed by the reactor
+    assert sock.sent == [b"late"]
+
+
+def test_lose_connection_with_unsent_bytes_keeps_twisteds_path(reactor):
+    sock = FakeSocket(room=2)
+    tr = transport(reactor, sock, LossRecorder())
+    writer = BatchedWriter(tr)
+    writer.write(b"abcdef")
+    writer.flush()
+    writer.lose_connection()
+    reactor.advance(0)
+    assert reactor.getWriters() == [tr] and not sock.closed
+    sock.room = None
+    assert tr.doWrite() is main.CONNECTION_DONE
+    assert b"".join(sock.sent) == b"abcdef"
 
 
 def test_pull_producer_keeps_twisteds_path(reactor):
