@@ -144,7 +144,7 @@ class WorkerSet(Service):
         child_fds: dict[int, Any] = {TO_WORKER: "w", 1: 1, 2: "r", FROM_WORKER: "r"}
         sockets = []
         for index, listener in enumerate(self.sockets):
-            fd, family = listener.inheritable()
+            fd, family = listener.inheritable(number)
             child_fds[FIRST_SOCKET_FD + index] = fd
             sockets.append((FIRST_SOCKET_FD + index, family))
         worker = WorkerProcess(self, number, self._reactor.seconds())
