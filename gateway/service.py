@@ -36,6 +36,7 @@ from gateway.live import LiveUpstreams, StateStore, read_live_changes
 from gateway.processes import build_process_monitor
 from gateway.readiness import BackendsReady
 from gateway.tls import ServerTLS
+from gateway.tls_tickets import SharedTicketKeys
 
 log = Logger(namespace="gateway")
 
@@ -333,7 +334,7 @@ class AdminService(Service):
         return None
 
 
-def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
+def build_tls(listener: ListenerConfig, source: str, ticket_keys: SharedTicketKeys | None = None) -> ServerTLS:
     """The TLS contexts of a listener, generating absent files first when ``self_signed`` asks for it."""
     tls = listener.tls
     if tls.self_signed:
@@ -349,7 +350,7 @@ def build_tls(listener: ListenerConfig, source: str) -> ServerTLS:
                 log.info("listener {name}: generated certificate {cert} (key {key}), signed by the local CA "
                          "{ca}; clients trust that file, e.g. curl --cacert {ca}", name=listener.name,
                          cert=item.cert, key=item.key, ca=ca_cert)
-    return ServerTLS(tls, source)
+    return ServerTLS(tls, source, ticket_keys)
 
 
 def build_service(config: GatewayConfig, reactor) -> MultiService:
@@ -402,7 +403,7 @@ def build_master_service(config: GatewayConfig, reactor) -> MultiService:
     for listener in config.listeners:
         if listener.tls is not None:
             # Generated here, once; checked here on SIGHUP before any worker is told.
-            tls_listeners[listener.name] = build_tls(listener, config.source)
+            tls_listeners[listener.name] = build_tls(listener, config.source, workers.ticket_keys)
         socket_service = SharedSocketService(listener, config.workers)
         socket_service.setServiceParent(sockets)
         workers.sockets.append(socket_service)
@@ -411,12 +412,12 @@ def build_master_service(config: GatewayConfig, reactor) -> MultiService:
 
 
 def build_worker_service(config: GatewayConfig, changes: LiveChanges, reactor,
-                         sockets: list[InheritedSocket],
+                         sockets: list[InheritedSocket], ticket_keys: SharedTicketKeys,
                          on_server_gone) -> tuple[MultiService, LiveUpstreams, ConfigApplier]:
     """One worker of ``workers: N``: the listeners on the master's sockets, without admin or processes."""
     root = SequentialMultiService()
     context, live = _live_upstreams(config, reactor, root, changes, None, on_server_gone)
-    tls_listeners = _listeners(config, reactor, root, context, inherited=sockets)
+    tls_listeners = _listeners(config, reactor, root, context, inherited=sockets, ticket_keys=ticket_keys)
     HealthChecker(reactor, context).setServiceParent(root)
     return root, live, ConfigApplier(config, live, tls_listeners, warn_restart=False)
 
@@ -449,13 +450,14 @@ def _live_upstreams(config: GatewayConfig, reactor, root: MultiService, changes:
 
 def _listeners(config: GatewayConfig, reactor, root: MultiService, context: ProxyContext,
                backends: BackendsReady | None = None,
-               inherited: list[InheritedSocket] | None = None) -> dict[str, ServerTLS]:
+               inherited: list[InheritedSocket] | None = None,
+               ticket_keys: SharedTicketKeys | None = None) -> dict[str, ServerTLS]:
     """The listeners, in one group that stops (and drains) together; returns the TLS ones by name."""
     group = MultiService()
     group.setServiceParent(root)
     tls_listeners: dict[str, ServerTLS] = {}
     for index, listener in enumerate(config.listeners):
-        tls = build_tls(listener, config.source) if listener.tls is not None else None
+        tls = build_tls(listener, config.source, ticket_keys) if listener.tls is not None else None
         if tls is not None:
             tls_listeners[listener.name] = tls
         ListenerService(reactor, listener, HTTP11ServerFactory(context, listener), tls, config.shutdown_timeout,

@@ -9,7 +9,9 @@ Settings: TLS 1.2 or newer, forward-secret AEAD ciphers only, no
 compression, no renegotiation, ALPN ``http/1.1``.  Unlike Twisted's
 ``CertificateOptions`` (which turns them off), session tickets and the
 server session cache stay on (OpenSSL's defaults, which Python keeps), so
-reconnecting clients resume instead of paying a full handshake.
+reconnecting clients resume instead of paying a full handshake.  With
+``workers: N`` every context gets the master's ticket keys
+(:mod:`gateway.tls_tickets`), so a client resumes on any worker.
 :meth:`ServerTLS.reload` rebuilds the contexts from the files (SIGHUP);
 connections already open keep the context they started with.
 
@@ -28,6 +30,7 @@ from cryptography import x509
 from twisted.logger import Logger
 
 from gateway.core.config import ConfigError, TLSConfig
+from gateway.tls_tickets import SharedTicketKeys
 
 log = Logger(namespace="gateway.tls")
 
@@ -99,9 +102,10 @@ def load_certificate(cert_path: str, key_path: str, min_version: str, source: st
 class ServerTLS:
     """The TLS side of one listener: starts the TLS session of each client connection."""
 
-    def __init__(self, config: TLSConfig, source: str) -> None:
+    def __init__(self, config: TLSConfig, source: str, ticket_keys: SharedTicketKeys | None = None) -> None:
         self._config = config
         self._source = source
+        self._ticket_keys = ticket_keys  # None: OpenSSL's own keys, per context
         self._certificates: tuple[LoadedCertificate, ...] = ()
         self.reload()
 
@@ -111,8 +115,12 @@ class ServerTLS:
 
     def load(self, config: TLSConfig) -> tuple[TLSConfig, tuple[LoadedCertificate, ...]]:
         """Read and check the files of *config* without serving them yet (raises ConfigError)."""
-        return config, tuple(load_certificate(item.cert, item.key, config.min_version, self._source)
-                             for item in config.certificates)
+        loaded = tuple(load_certificate(item.cert, item.key, config.min_version, self._source)
+                       for item in config.certificates)
+        if self._ticket_keys is not None:
+            for certificate in loaded:
+                self._ticket_keys.apply_to(certificate.context)
+        return config, loaded
 
     def install(self, prepared: tuple[TLSConfig, tuple[LoadedCertificate, ...]]) -> None:
         """Serve certificates prepared by :meth:`load` to new connections."""

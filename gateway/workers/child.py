@@ -3,9 +3,10 @@
 It reads its orders from the master on standard input (file descriptor 0)
 and writes to it on file descriptor 3 (see :mod:`gateway.workers.channel`);
 the listening sockets arrive as inherited file descriptors.  The first
-message, ``start``, carries the configuration, the live changes and those
-descriptors; the worker then serves traffic until SIGTERM (drain, then
-exit) or until the master goes away (its pipe closes: the same drain).
+message, ``start``, carries the configuration, the live changes, those
+descriptors and the TLS session-ticket keys (:mod:`gateway.tls_tickets`);
+the worker then serves traffic until SIGTERM (drain, then exit) or until
+the master goes away (its pipe closes: the same drain).
 SIGINT and SIGHUP are the master's business and are ignored here.
 """
 
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from gateway.core.config import GatewayConfig
 from gateway.core.state import LiveChanges
 from gateway.reactor import freeze_startup_objects
+from gateway.tls_tickets import SharedTicketKeys
 from gateway.workers.channel import Channel
 from gateway.workers.master import FROM_WORKER, TO_WORKER
 
@@ -33,6 +35,7 @@ class Worker:
         self.channel = Channel(self._message, self._master_gone)
         self._live = None
         self._applier = None
+        self._ticket_keys: SharedTicketKeys | None = None
 
     def log_event(self, event: dict) -> None:
         """A log observer: every event goes to the master, which logs it with this worker's number."""
@@ -48,19 +51,25 @@ class Worker:
             return self._live.describe(*args)
         return None
 
-    def _start(self, number: int, config: GatewayConfig, changes: LiveChanges, sockets: list[tuple[int, int]]) -> None:
+    def _start(self, number: int, config: GatewayConfig, changes: LiveChanges, sockets: list[tuple[int, int]],
+               ticket_keys: bytes) -> None:
         from gateway.service import build_worker_service
 
+        self._ticket_keys = SharedTicketKeys(ticket_keys)
         service, self._live, self._applier = build_worker_service(
-            config, changes, self._reactor, sockets, lambda name, address: self.channel.send("gone", name, address))
+            config, changes, self._reactor, sockets, self._ticket_keys,
+            lambda name, address: self.channel.send("gone", name, address))
         service.privilegedStartService()
         service.startService()
         self._reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
         freeze_startup_objects()
 
-    def _apply(self, config: GatewayConfig, changes: LiveChanges, reload: bool) -> list[tuple[str, str]]:
-        """A SIGHUP reload (*reload*) or an operator's change; answers with the servers still draining."""
+    def _apply(self, config: GatewayConfig, changes: LiveChanges, reload: bool,
+               ticket_keys: bytes) -> list[tuple[str, str]]:
+        """A SIGHUP reload (*reload*, with new ticket keys) or an operator's change; answers with the
+        servers still draining."""
         if reload:
+            self._ticket_keys.keys = ticket_keys
             self._applier.apply(config, changes)
         else:
             self._live.apply_config(self._live.config, changes)

@@ -31,6 +31,7 @@ from gateway.core.config import GatewayConfig
 from gateway.live import LiveUpstreams
 from gateway.processes import process_environment
 from gateway.readiness import BackendsReady
+from gateway.tls_tickets import SharedTicketKeys, new_ticket_keys
 from gateway.workers.channel import Channel
 
 log = Logger(namespace="gateway.workers")
@@ -113,6 +114,8 @@ class WorkerSet(Service):
         self._backends = backends
         self.sockets: list = []  # the master's SharedSocketServices, in listener order
         self.live: LiveUpstreams | None = None  # the master's FleetUpstreams, set by the service builder
+        # Every worker's TLS contexts get these, so that any worker resumes any worker's sessions.
+        self.ticket_keys = SharedTicketKeys(new_ticket_keys())
         self._workers: dict[int, WorkerProcess] = {}
         self._restarts: dict[int, int] = {}
         self._quick_deaths: dict[int, int] = {}
@@ -151,7 +154,7 @@ class WorkerSet(Service):
         self._reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "gateway.workers.child"],
                                    env=process_environment(), path=os.getcwd(), childFDs=child_fds)
         self._workers[number] = worker
-        worker.channel.send("start", number, self.live.config, self.live.changes, sockets)
+        worker.channel.send("start", number, self.live.config, self.live.changes, sockets, self.ticket_keys.keys)
         log.info("worker {worker} started (pid {pid})", worker=number, pid=worker.pid)
 
     def ended(self, worker: WorkerProcess, reason: Failure) -> None:
@@ -204,12 +207,17 @@ class WorkerSet(Service):
     # -- telling the workers -------------------------------------------------------------
 
     def publish(self, config: GatewayConfig, changes, reload: bool) -> Deferred:
-        """Every worker applies *config* and *changes*; fires once all running workers have."""
+        """Every worker applies *config* and *changes*; fires once all running workers have.
+
+        A *reload* (SIGHUP) also gives the workers new TLS session-ticket keys, as nginx makes new ones.
+        """
+        if reload:
+            self.ticket_keys.keys = new_ticket_keys()
         calls = []
         for number, worker in list(self._workers.items()):
             if not worker.channel.open:
                 continue
-            applied = worker.channel.call("apply", config, changes, reload)
+            applied = worker.channel.call("apply", config, changes, reload, self.ticket_keys.keys)
             applied.addCallback(self._draining_in, number)
             applied.addErrback(lambda failure, n=number: log.warn("worker {worker} did not apply the change: "
                                                                   "{error}", worker=n,

@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -49,11 +50,16 @@ from harness import (
     free_port,
     gateway_config,
     http_get,
+    make_certificates,
     parent_pid,
     parse_served_by,
     process_alive,
+    request_on,
     run_gateway_expecting_failure,
     start_gateway,
+    tls_client_context,
+    tls_connect,
+    tls_listener,
     wait_until,
 )
 from live_helpers import (
@@ -577,6 +583,61 @@ def test_a_killed_worker_is_restarted_with_the_live_changes(own_fleet: Callable[
     assert Counter(results) == {(200, "web-1"): 100}, Counter(results)
     served = served_by_each(fleet, before)
     assert sum(served.values()) == 100 and all(count > 0 for count in served.values()), served
+
+
+# -- TLS sessions -----------------------------------------------------------------------------
+
+#: Reconnections in a row, each offering the session of the one before: all on one worker by
+#: chance has a probability of 2 ** -(RECONNECTIONS - 1).
+RECONNECTIONS = 24
+
+
+def reconnect(fleet: Fleet, tls_port: int, context: ssl.SSLContext,
+              session: ssl.SSLSession | None) -> tuple[list[bool], dict[int, int], ssl.SSLSession]:
+    """RECONNECTIONS TLS connections one after another, each offering the previous one's session:
+    whether each resumed, the requests each worker served, and the last session."""
+    before = fleet.totals()
+    resumed = []
+    for _ in range(RECONNECTIONS):
+        with tls_connect(tls_port, context, session=session) as sock:
+            status, _, _ = request_on(sock, "GET", "/healthz", headers={"Host": "localhost"})
+            assert status == 200
+            resumed.append(sock.session_reused)
+            session = sock.session  # read after the response: TLS 1.3's tickets come after the handshake
+    return resumed, served_by_each(fleet, before), session
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLS1.2", "TLS1.3"])
+def test_any_worker_resumes_a_tls_session_issued_by_any_other(own_fleet: Callable[..., Fleet],
+                                                              backends: BackendSet, tmp_path: Path,
+                                                              version: ssl.TLSVersion) -> None:
+    """The workers share the master's session-ticket keys, also a restarted worker; a reload makes new ones."""
+    certificate = make_certificates(tmp_path)
+    port, tls_port = free_port(), free_port()
+    listeners = [{"name": "public", "port": port, "interface": HOST},
+                 tls_listener(tls_port, [certificate], name="secure")]
+    fleet = own_fleet(listeners=listeners)
+    context = tls_client_context(tmp_path / "ca.crt", minimum=version, maximum=version)
+
+    resumed, served, session = reconnect(fleet, tls_port, context, None)
+    assert resumed == [False] + [True] * (RECONNECTIONS - 1), resumed
+    assert all(count > 0 for count in served.values()), served
+
+    victim = fleet.rows()[1]["pid"]
+    time.sleep(max(0.0, QUICK_DEATH + 0.3 - process_age(victim)))  # restarted at once, not after a back-off
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: fleet.rows().get(1, {}).get("pid") not in (None, victim), RESTART_TIMEOUT, interval=0.1,
+               message="worker 1 restarted")
+    resumed, served, session = reconnect(fleet, tls_port, context, session)
+    assert resumed == [True] * RECONNECTIONS, resumed
+    assert all(count > 0 for count in served.values()), served
+
+    reload_config(fleet.gateway, fleet_config(port, fleet.admin_port, backends, listeners=listeners))
+    resumed, served, _ = reconnect(fleet, tls_port, context, session)
+    assert resumed == [False] + [True] * (RECONNECTIONS - 1), resumed  # new keys: one full handshake
+    assert all(count > 0 for count in served.values()), served
+    assert "Traceback" not in fleet.gateway.stdout_text() + fleet.gateway.stderr_text()
+    assert "cannot be shared" not in fleet.gateway.stdout_text()
 
 
 def test_sigterm_drains_every_worker_then_the_master_exits(own_fleet: Callable[..., Fleet]) -> None:

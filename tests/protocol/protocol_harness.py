@@ -19,6 +19,7 @@ pause/resume is recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httptools
 from twisted.internet import error, tcp
@@ -29,7 +30,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.core.config import parse_config
+from gateway import certs
+from gateway.core.config import CertificateConfig, TLSConfig, parse_config
 from gateway.core.pool import UpstreamPool
 from gateway.core.routing import RouteTable
 from gateway.http.connections import UpstreamConnections
@@ -412,3 +414,15 @@ class Producer:
 
     def stopProducing(self) -> None:
         pass
+
+
+def write_tls_files(folder: Path) -> tuple[Path, TLSConfig]:
+    """A CA and a ``localhost`` certificate signed by it in *folder*: the CA's path, and a TLS config
+    serving the certificate."""
+    ca_cert, ca_key = certs.generate_ca()
+    cert, key = certs.generate_server_certificate(ca_cert, ca_key, ["localhost"])
+    (folder / "ca.crt").write_bytes(certs.certificate_pem(ca_cert))
+    (folder / "gateway.crt").write_bytes(certs.certificate_pem(cert))
+    (folder / "gateway.key").write_bytes(certs.private_key_pem(key))
+    return folder / "ca.crt", TLSConfig(certificates=(CertificateConfig(cert=str(folder / "gateway.crt"),
+                                                                        key=str(folder / "gateway.key")),))

@@ -22,22 +22,15 @@ from gateway import certs
 from gateway.core.config import CertificateConfig, TLSConfig
 from gateway.http.tls_transport import TLSServerFactory, TLSServerTransport
 from gateway.tls import ServerTLS
-from protocol_harness import FakeSocket, Producer, tcp_server
+from protocol_harness import FakeSocket, Producer, tcp_server, write_tls_files
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory) -> tuple[Path, ServerTLS]:
-    folder = tmp_path_factory.mktemp("tls")
-    ca_cert, ca_key = certs.generate_ca()
-    cert, key = certs.generate_server_certificate(ca_cert, ca_key, ["localhost"])
-    (folder / "ca.crt").write_bytes(certs.certificate_pem(ca_cert))
-    (folder / "gateway.crt").write_bytes(certs.certificate_pem(cert))
-    (folder / "gateway.key").write_bytes(certs.private_key_pem(key))
-    tls = ServerTLS(TLSConfig(certificates=(CertificateConfig(cert=str(folder / "gateway.crt"),
-                                                              key=str(folder / "gateway.key")),)), "test.yaml")
-    return folder / "ca.crt", tls
+    cafile, config = write_tls_files(tmp_path_factory.mktemp("tls"))
+    return cafile, ServerTLS(config, "test.yaml")
 
 
 class Recorder(Protocol):
