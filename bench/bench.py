@@ -208,7 +208,7 @@ def check_tools(options: argparse.Namespace) -> tuple[bool, bool]:
 # -- measuring ------------------------------------------------------------------------
 
 
-MULTI_CORE_SCENARIOS = ("http-c50", "tls-c50")
+MULTI_CORE_SCENARIOS = ("http-c50", "tls-c50", "tls-newconn")
 
 
 def supports(proxy: str, scenario: Scenario) -> bool:
