@@ -167,6 +167,13 @@ class LiveUpstreams:
         return [(upstream.pool.name, server.address) for upstream in self._context.upstreams.values()
                 for server in upstream.pool.servers if server.removing]
 
+    def counters(self) -> dict[str, int]:
+        """This process's requests in flight to backends, and the requests it has received (a worker's
+        row in ``GET /workers``)."""
+        return {"active_requests": sum(server.active for upstream in self._context.upstreams.values()
+                                       for server in upstream.pool.servers),
+                "total_requests": self._context.requests}
+
     def describe_workers(self) -> Any:
         """One process serves traffic: no workers (see gateway.workers.master for ``workers: N``)."""
         return {"pid": os.getpid(), "workers": []}

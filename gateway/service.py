@@ -402,7 +402,8 @@ def build_master_service(config: GatewayConfig, reactor) -> MultiService:
     tls_listeners: dict[str, ServerTLS] = {}
     for listener in config.listeners:
         if listener.tls is not None:
-            # Generated here, once; checked here on SIGHUP before any worker is told.
+            # Generated here, once; checked here on SIGHUP before any worker is told.  The ticket
+            # keys are tried here too: a Python that cannot share them says so before a worker starts.
             tls_listeners[listener.name] = build_tls(listener, config.source, workers.ticket_keys)
         socket_service = SharedSocketService(listener, config.workers)
         socket_service.setServiceParent(sockets)

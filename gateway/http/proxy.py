@@ -90,6 +90,8 @@ class ProxyContext:
     routes: RouteTable
     upstreams: Mapping[str, Upstream]
     access_log: Callable[[AccessRecord, float], None] | None
+    #: Requests received from clients since the process started (every one, whatever its answer).
+    requests: int = 0
 
 
 class LocalResponse:

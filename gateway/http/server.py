@@ -198,6 +198,7 @@ class HTTP11ServerProtocol(Protocol):
     def on_headers_complete(self) -> None:
         if self._closing:
             return  # llhttp parses the whole buffer: requests behind a refused one are ignored
+        self._context.requests += 1
         parser = self._parser
         headers = self._headers
         parts = self._url_parts

@@ -49,6 +49,8 @@ class Worker:
             return self._apply(*args)
         elif kind == "describe":
             return self._live.describe(*args)
+        elif kind == "counters":
+            return self._live.counters()
         return None
 
     def _start(self, number: int, config: GatewayConfig, changes: LiveChanges, sockets: list[tuple[int, int]],

@@ -318,13 +318,13 @@ class FleetUpstreams(LiveUpstreams):
         def table(answers: list[tuple[WorkerProcess, Any]]) -> dict[str, Any]:
             rows = []
             for worker, answer in sorted(answers, key=lambda item: item[0].number):
-                servers = [server for upstream in (answer or {}).get("upstreams", ()) for server in upstream["servers"]]
+                counters = answer or {}  # None: the worker did not answer (it is going away)
                 rows.append({"id": worker.number, "pid": worker.pid, "restarts": self._workers.restarts(worker.number),
-                             "active_requests": sum(server["active_requests"] for server in servers),
-                             "total_requests": sum(server["total_requests"] for server in servers)})
+                             "active_requests": counters.get("active_requests", 0),
+                             "total_requests": counters.get("total_requests", 0)})
             return {"pid": os.getpid(), "workers": rows}
 
-        return self._workers.ask_all("describe", None).addCallback(table)
+        return self._workers.ask_all("counters").addCallback(table)
 
 
 _COUNTERS = ("active_requests", "total_requests", "recent_failures", "total_failures")

@@ -417,6 +417,8 @@ def test_weights_hold_in_aggregate_over_the_workers(fleet: Fleet, backends: Back
 
 
 def test_a_live_change_reaches_every_worker(fleet: Fleet, backends: BackendSet) -> None:
+    assert Counter(status for status, _ in fan_out(fleet.port, "/live/healthz", 40)) == {200: 40}
+    served_by_removed_servers = fleet.totals()
     status, body = admin_request(fleet.admin_port, "POST", "/upstreams/live/servers",
                                  {"address": backends.api.address, "weight": 1})
     assert status == 201, body
@@ -425,6 +427,9 @@ def test_a_live_change_reaches_every_worker(fleet: Fleet, backends: BackendSet) 
         assert status == 204, body
     assert list(upstream_servers(fleet.admin_port, "live")) == [backends.api.address]
     before = fleet.totals()
+    # A worker's total counts the requests it received: removing the servers that answered them
+    # takes nothing off.
+    assert before == served_by_removed_servers
 
     results = fan_out(fleet.port, "/live/healthz", 100)
 

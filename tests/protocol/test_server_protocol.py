@@ -734,6 +734,17 @@ def test_no_route_is_404_text_plain(gw):
     assert [record.status for record, _ in gw.access_log] == [404]
 
 
+def test_every_request_received_is_counted_whatever_its_answer(gw):
+    """``context.requests``: a worker's ``total_requests`` in ``GET /workers``."""
+    client = gw.client()
+    client.send(get("/nowhere") + get("/nowhere"))
+    forwarded_request(gw, client, get())
+    other = gw.client()
+    other.send(b"GET /nowhere HTTP/1.1\r\n\r\n")  # no Host: 400
+    assert other.take().startswith(b"HTTP/1.1 400 ")
+    assert gw.context.requests == 4
+
+
 def test_head_to_no_route_has_no_body(gw):
     client = gw.client()
     client.send(b"HEAD /nowhere HTTP/1.1\r\nHost: h\r\n\r\n")
