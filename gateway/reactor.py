@@ -22,8 +22,9 @@ they produced, :mod:`gateway.http.sending`) is called at the end of
 every iteration.
 
 :class:`GatewayReactor` also answers a second SIGINT or SIGTERM during the
-graceful shutdown with one log line (Twisted's handler would call ``stop()``
-again and log a ``ReactorNotRunning`` traceback); it changes nothing else.
+graceful shutdown, even one that arrives before the first has been acted
+on, with one log line (Twisted's handler would call ``stop()`` again and log
+a ``ReactorNotRunning`` traceback); it changes nothing else.
 :func:`install_if_none` installs it
 unless a reactor is already installed (``twistd --reactor=...`` keeps the
 operator's choice).  Only where ``epoll`` exists (Linux); elsewhere Twisted's
@@ -137,10 +138,10 @@ if EPollReactor is not None:
             super().__init__()
             self._dispatching = False  # doPoll is handing out events
             self._after_events: list[Callable[[], object]] = []
-            self.shutting_down = False
-            self.addSystemEventTrigger("before", "shutdown", self._shutdown_began)
+            self.shutting_down = False  # stop() called, or a stop signal's stop() queued
 
-        def _shutdown_began(self) -> None:
+        def stop(self) -> None:
+            super().stop()
             self.shutting_down = True
 
         def sigInt(self, number: int, frame=None) -> None:
@@ -152,11 +153,19 @@ if EPollReactor is not None:
                 super().sigTerm(number, frame)
 
         def _already_stopping(self, name: str) -> bool:
-            """A second stop signal during the drain: say so (Twisted's own handler logs a traceback)."""
+            """A second stop signal during the drain: say so (Twisted's own handler logs a traceback).
+
+            Twisted's handler only queues ``stop()`` (``callFromThread``), so the
+            first signal marks the shutdown at once: a second one arriving before
+            the queued call runs (a worker's SIGTERM from its master and from
+            systemd, which signals the whole control group) is the same request.
+            """
             if self.shutting_down:
                 _log.info("{signal} ignored: already shutting down (the requests in flight have until "
                           "shutdown_timeout)", signal=name)
-            return self.shutting_down
+                return True
+            self.shutting_down = True
+            return False
 
 
 def install_if_none() -> None:

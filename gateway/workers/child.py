@@ -98,6 +98,9 @@ def main() -> None:
 
     reactor.callWhenRunning(ignore_master_signals)
     reactor.run()
+    # Drained and stopped.  Python's shutdown puts SIGTERM's default action back, so a late
+    # SIGTERM (the master's, after systemd's to the whole group) would make this clean exit a kill.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -682,6 +682,23 @@ def test_sigterm_drains_every_worker_then_the_master_exits(own_fleet: Callable[.
     assert "restarting" not in stdout
 
 
+def test_sigterm_to_the_master_and_every_worker_at_once_stops_them_cleanly(own_fleet: Callable[..., Fleet]) -> None:
+    """What systemd does (KillMode=control-group): every worker then gets SIGTERM from it and from its master."""
+    fleet = own_fleet()
+    pids = [row["pid"] for row in fleet.rows().values()]
+
+    for pid in (*pids, fleet.master_pid):
+        os.kill(pid, signal.SIGTERM)
+    code = wait_for_exit(fleet.gateway, SHUTDOWN_TIMEOUT + 5)
+
+    assert code == SIGTERM_EXIT, f"exit code {code}\n{fleet.gateway.output()}"
+    stdout = fleet.gateway.stdout_text()
+    for number, pid in enumerate(pids, 1):
+        assert f"worker {number} (pid {pid}) stopped (exit code 0)" in stdout, stdout
+    assert "ReactorNotRunning" not in stdout + fleet.gateway.stderr_text()
+    assert "restarting" not in stdout
+
+
 def test_workers_exit_when_their_master_is_killed(own_fleet: Callable[..., Fleet]) -> None:
     fleet = own_fleet()
     pids = [row["pid"] for row in fleet.rows().values()]

@@ -239,3 +239,15 @@ def test_an_exception_after_events_is_logged_and_the_next_function_still_runs(pa
     assert order == ["read a", "second"]
     assert any(event.get("isError") and "after boom" in str(event.get("failure")) for event in logged)
     assert reader.lost is None  # the connection is not blamed for it
+
+
+@pytest.mark.parametrize("handler", ["sigTerm", "sigInt"])
+def test_a_second_stop_signal_before_the_first_is_acted_on_is_ignored(handler, monkeypatch):
+    """Twisted's handler queues stop() for the next iteration: two signals in one must queue one stop."""
+    reactor = GatewayReactor()
+    queued = []
+    monkeypatch.setattr(reactor, "callFromThread", lambda function, *args: queued.append(function))
+    getattr(reactor, handler)(15)
+    getattr(reactor, handler)(15)
+    assert queued == [reactor.stop]
+    assert reactor.shutting_down
