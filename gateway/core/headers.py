@@ -26,6 +26,8 @@ _REQUEST_REPLACED = HOP_BY_HOP | {
     b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }
 _RESPONSE_REPLACED = HOP_BY_HOP | {b"content-length"}
+#: Connection values that name only headers already dropped (every client's and Gunicorn's).
+_NAMES_ONLY_DROPPED = frozenset({b"keep-alive", b"close"})
 _FORWARDED_PROTO = {scheme: b"X-Forwarded-Proto: %s\r\n" % scheme.encode("ascii") for scheme in ("http", "https")}
 
 
@@ -65,7 +67,7 @@ def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str,
             forwarded_for.append(value)
         elif lower == b"connection":
             value = value.lower()
-            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
+            if value not in _NAMES_ONLY_DROPPED:  # (the common case: no second pass)
                 listed = _connection_options(value, listed, _REQUEST_REPLACED)
     if listed:
         parts = _kept_lines(headers, _REQUEST_REPLACED, listed)
@@ -102,7 +104,7 @@ def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif lower == b"connection":
             value = value.lower()
-            if value != b"keep-alive":  # (which names only itself, already dropped: the common case)
+            if value not in _NAMES_ONLY_DROPPED:  # (as above)
                 listed = _connection_options(value, listed, _RESPONSE_REPLACED)
     if listed:
         parts = _kept_lines(headers, _RESPONSE_REPLACED, listed)
