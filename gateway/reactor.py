@@ -19,7 +19,8 @@ must happen once an iteration's events are handled (sending the responses
 they produced, :mod:`gateway.http.sending`) is called at the end of
 ``doPoll`` (:meth:`GatewayReactor.call_after_events`) rather than through a
 ``callLater(0)`` timer made, pushed on the timer heap and popped again on
-every iteration.
+every iteration.  It also reads the clock once per iteration, into
+``now``, for the request path (:mod:`gateway.http.clock`).
 
 :class:`GatewayReactor` also answers a second SIGINT or SIGTERM during the
 graceful shutdown, even one that arrives before the first has been acted
@@ -78,6 +79,7 @@ if EPollReactor is not None:
                 if error.errno == errno.EINTR:
                     return
                 raise
+            self.now = self.seconds()
             self._dispatching = True
             try:
                 self._dispatch(events)
@@ -138,7 +140,13 @@ if EPollReactor is not None:
             super().__init__()
             self._dispatching = False  # doPoll is handing out events
             self._after_events: list[Callable[[], object]] = []
+            #: The time when the last poll returned or timed calls began to run (see gateway.http.clock).
+            self.now = self.seconds()
             self.shutting_down = False  # stop() called, or a stop signal's stop() queued
+
+        def runUntilCurrent(self) -> None:
+            self.now = self.seconds()
+            super().runUntilCurrent()
 
         def stop(self) -> None:
             super().stop()

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from gateway.core.headers import Headers, downstream_response_head, serialize_headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, UNTIL_CLOSE
+from gateway.http.clock import cached_time
 from gateway.http.flow import ReadGate
 from gateway.http.sending import BatchedWriter
 
@@ -52,6 +53,7 @@ class HTTP11ClientProtocol(Protocol):
 
     def __init__(self, clock=None) -> None:
         self.clock = clock  # for the read timeout; None: no timeout
+        self._time = cached_time(clock) if clock is not None else None
         self.handler: ResponseHandler | None = None
         self.gate: ReadGate | None = None
         self.connected_handler = None  # set by the connection pool while connecting
@@ -100,7 +102,7 @@ class HTTP11ClientProtocol(Protocol):
             return
         self.response_started = True
         if self._read_timer is not None:
-            self._last_read = self.clock.seconds()
+            self._last_read = self._time.now
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -151,7 +153,7 @@ class HTTP11ClientProtocol(Protocol):
         self._upgrade = upgrade
         if read_timeout and self.clock is not None:
             self._read_timeout = read_timeout
-            self._last_read = self.clock.seconds()
+            self._last_read = self._time.now
             if self._read_timer is None:
                 self._read_timer = self.clock.callLater(read_timeout, self._check_read_timeout)
         self.response_started = False

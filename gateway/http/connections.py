@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from gateway.core.pool import ServerState
 from gateway.http.client import HTTP11ClientProtocol
+from gateway.http.clock import cached_time
 
 ReadyCallback = Callable[[HTTP11ClientProtocol, bool], None]
 FailedCallback = Callable[[Failure], None]
@@ -47,6 +48,7 @@ class UpstreamConnections:
     def __init__(self, reactor: IReactorTCP | IReactorTime, keepalive_timeout: float,
                  keepalive_connections: int, connect_timeout: float = 5.0) -> None:
         self._reactor = reactor
+        self._time = cached_time(reactor)
         self.keepalive_timeout = keepalive_timeout
         self.keepalive_connections = keepalive_connections
         self.connect_timeout = connect_timeout
@@ -78,7 +80,7 @@ class UpstreamConnections:
         connection.gate.clear()  # keep reading, so that a close by the backend is noticed
         connection.idle_address = server.address
         connection.on_idle_lost = self._forget_idle  # (one bound method for the pool, not a closure per release)
-        connection.idle_since = self._reactor.seconds()
+        connection.idle_since = self._time.now
         idle.append(connection)
         if self._sweeper is None:
             self._sweeper = self._reactor.callLater(self.keepalive_timeout, self._sweep)

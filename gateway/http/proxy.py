@@ -10,7 +10,7 @@ the order the requests arrived.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol as TypingProtocol
 
 from twisted.internet.error import ConnectingCancelledError, TimeoutError
@@ -26,6 +26,7 @@ from gateway.core.pool import ServerState, UpstreamPool
 from gateway.core.retry import may_resend, may_try_again
 from gateway.core.routing import RouteTable, strip_route_prefix
 from gateway.http.client import HTTP11ClientProtocol
+from gateway.http.clock import CachedTime, cached_time
 from gateway.http.connections import UpstreamConnections
 from gateway.http.flow import BACKPRESSURE, ReadGate
 
@@ -92,6 +93,11 @@ class ProxyContext:
     access_log: Callable[[AccessRecord, float], None] | None
     #: Requests received from clients since the process started (every one, whatever its answer).
     requests: int = 0
+    #: The reactor's time, read once per iteration (see gateway.http.clock).
+    time: CachedTime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.time = cached_time(self.reactor)
 
 
 class LocalResponse:
@@ -250,7 +256,7 @@ class ProxyExchange:
 
     def _try_next_server(self, same_server: bool = False) -> None:
         pool = self._upstream.pool
-        now = self._context.reactor.seconds()
+        now = self._context.time.now
         if not same_server:
             if self._tried:
                 config = self._upstream.config

@@ -64,7 +64,7 @@ class HTTP11ServerProtocol(Protocol):
     # access (2.8% of the gateway's instructions per request, bench/instructions.py).  An
     # attribute left out of this list still works, from the dict that Protocol gives, only slower.
     __slots__ = (
-        "_context", "_clock", "_connections", "_draining", "_scheme", "_redirect", "_response_headers",
+        "_context", "_clock", "_time", "_connections", "_draining", "_scheme", "_redirect", "_response_headers",
         "_timeouts", "_limits", "_head_size", "_unframed", "_body_seen", "_timer", "_timer_at", "_deadline",
         "_deadline_kind", "_exchanges", "_reading", "_closing", "_keep_alive", "_chunked", "_head_sent",
         "_url_parts", "_headers", "_tunnel", "_writer", "_write", "_write_sequence", "read_gate", "_throttle",
@@ -74,6 +74,7 @@ class HTTP11ServerProtocol(Protocol):
     def __init__(self, context: ProxyContext, listener: HTTP11ServerFactory) -> None:
         self._context = context
         self._clock = context.reactor
+        self._time = context.time  # (the time now, for deadlines: read once per reactor iteration)
         self._connections = listener.connections
         self._draining = False  # the gateway is shutting down: finish in-flight work, then close
         self._scheme = listener.scheme
@@ -123,7 +124,7 @@ class HTTP11ServerProtocol(Protocol):
             self._tunnel.from_client(data)
             return
         if self._deadline_kind == "body":
-            self._deadline = self._clock.seconds() + self._timeouts.body
+            self._deadline = self._time.now + self._timeouts.body
         while data and not self._closing:
             try:
                 body_before = self._body_seen
@@ -242,7 +243,7 @@ class HTTP11ServerProtocol(Protocol):
             parser.should_keep_alive() and not (chunked and version == b"1.0"), body, content_length,
             expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
-        record = AccessRecord(self._client_ip, self._clock.seconds(), head=head)
+        record = AccessRecord(self._client_ip, self._time.now, head=head)
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
@@ -425,7 +426,7 @@ class HTTP11ServerProtocol(Protocol):
         self._deadline_kind = kind
         if not kind:
             return
-        deadline = self._deadline = self._clock.seconds() + seconds
+        deadline = self._deadline = self._time.now + seconds
         if self._timer is None:
             self._timer = self._clock.callLater(seconds, self._deadline_passed)
             self._timer_at = deadline

@@ -251,3 +251,44 @@ def test_a_second_stop_signal_before_the_first_is_acted_on_is_ignored(handler, m
     getattr(reactor, handler)(15)
     assert queued == [reactor.stop]
     assert reactor.shutting_down
+
+
+class TimeReader(Reader):
+    """A reader that records the reactor's ``now`` when its event is handled, then moves the clock on."""
+
+    def __init__(self, reactor, sock: socket.socket, seen: list[float], clock: list[float]) -> None:
+        super().__init__(reactor, sock)
+        self.seen = seen
+        self.clock = clock
+
+    def doRead(self):
+        super().doRead()
+        self.seen.append(self.reactor.now)
+        self.clock[0] += 1.0  # handling the event took a second
+
+
+def test_now_is_read_once_per_poll_and_again_when_timed_calls_run(monkeypatch):
+    reactor = GatewayReactor()
+    clock = [100.0]
+    monkeypatch.setattr(reactor, "seconds", lambda: clock[0])
+    seen: list[float] = []
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for sock, peer in pairs:
+            reactor.addReader(TimeReader(reactor, sock, seen, clock))
+            peer.sendall(b"x")
+        reactor.doPoll(1.0)
+        assert seen == [100.0, 100.0]  # both events of the poll see the time it returned, not 101
+        reactor.callLater(0, lambda: seen.append(reactor.now))
+        clock[0] = 150.0
+        reactor.runUntilCurrent()
+        assert seen[2:] == [150.0]
+        for _, peer in pairs:
+            peer.sendall(b"y")
+        clock[0] = 160.0
+        reactor.doPoll(1.0)
+        assert seen[3:] == [160.0, 160.0]
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
