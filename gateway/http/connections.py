@@ -73,7 +73,9 @@ class UpstreamConnections:
 
     def release(self, server: ServerState, connection: HTTP11ClientProtocol) -> None:
         """Keep a connection whose last response was read completely, for the next request."""
-        idle = self._idle.setdefault(server.address, [])
+        idle = self._idle.get(server.address)
+        if idle is None:
+            idle = self._idle[server.address] = []
         if len(idle) >= self.keepalive_connections or not connection.usable:
             connection.transport.loseConnection()
             return

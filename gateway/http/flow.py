@@ -20,31 +20,32 @@ BACKPRESSURE = "backpressure"
 class ReadGate:
     """Pauses and resumes reading from one transport, for named reasons."""
 
-    __slots__ = ("_transport", "_reasons")
+    __slots__ = ("_transport", "_reasons", "paused")
 
     def __init__(self, transport: ITransport) -> None:
         self._transport = transport
         self._reasons: set[str] = set()
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._reasons)
+        #: Reading is paused, for at least one reason (an attribute: read on every request).
+        self.paused = False
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
+            self.paused = True
         self._reasons.add(reason)
 
     def resume(self, reason: str) -> None:
         if reason in self._reasons:
             self._reasons.discard(reason)
             if not self._reasons:
+                self.paused = False
                 self._transport.resumeProducing()
 
     def clear(self) -> None:
         """Resume reading whatever the reasons were."""
         if self._reasons:
             self._reasons.clear()
+            self.paused = False
             self._transport.resumeProducing()
 
     # IPushProducer, for the transport on the other side to throttle us.

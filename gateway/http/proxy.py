@@ -186,9 +186,6 @@ class ProxyExchange:
 
     # -- driven by the client side -------------------------------------------------
 
-    def start(self) -> None:
-        self._try_next_server()
-
     def body_received(self, data: bytes) -> None:
         if self._finished:
             return
@@ -279,6 +276,8 @@ class ProxyExchange:
         self._upstream_started = now
         self._upstream.connections.acquire(self._server, self._connection_ready, self._connection_failed)
 
+    start = _try_next_server  # (the exchange starts by choosing a server: one call less per request)
+
     def _connection_failed(self, reason: Failure) -> None:
         if self._finished:
             return
@@ -333,10 +332,11 @@ class ProxyExchange:
                       content_length: int | None) -> None:
         self._responding = True
         self._replay = None
+        server = self._server
         if status in self._upstream.config.fail_statuses:
-            self._server_failed(self._server)
-        else:
-            self._upstream.pool.record_success(self._server)
+            self._server_failed(server)
+        elif server.recent_failures or server.down_until:
+            self._upstream.pool.record_success(server)
         self._record.status = status
         self._record.upstream = self._server.address
         self._sink.send_head(self.head, status, reason, header_lines, body, content_length)
@@ -366,9 +366,9 @@ class ProxyExchange:
             connection.transport.loseConnection()
         self._sink.finish_response()
         context = self._context
-        if context.access_log is not None:  # (the time is only for the access log)
+        if context.access_log is not None:
             self._record.upstream_time = context.reactor.seconds() - self._upstream_started
-        write_access_log(context, self._record)
+            write_access_log(context, self._record)
 
     def upstream_lost(self, connection: HTTP11ClientProtocol, reason: Failure | str) -> None:
         if self._finished:

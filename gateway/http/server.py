@@ -320,7 +320,8 @@ class HTTP11ServerProtocol(Protocol):
         self._keep_alive = keep_alive
         self._chunked = chunked
         self._head_sent = True
-        self._write(b"".join((_status_line(status, reason), header_lines, framing, self._response_headers, b"\r\n")))
+        status_line = _STATUS_LINES.get((status, reason)) or _status_line(status, reason)
+        self._write(b"".join((status_line, header_lines, framing, self._response_headers, b"\r\n")))
 
     def send_body(self, data: bytes) -> None:
         if not data:
@@ -340,7 +341,7 @@ class HTTP11ServerProtocol(Protocol):
         if close or not self._keep_alive or (self._closing and not self._exchanges):
             self._close_after_response()
             return
-        if len(self._exchanges) <= 1:
+        if len(self._exchanges) <= 1 and self.read_gate.paused:
             self.read_gate.resume("pipeline")  # the next request may be read (its body included)
         if self._exchanges:
             self._start(self._exchanges[0])

@@ -996,3 +996,20 @@ def test_redirect_exempt_prefix_is_proxied():
     backend, request = forwarded_request(gw, client, get("/api/acme", host=b"e.com"))
     assert request.startswith(b"GET /api/acme HTTP/1.1\r\n")
     assert b"\r\nX-Forwarded-Proto: http\r\n" in request
+
+
+@pytest.mark.parametrize("max_fails", [1, 3])
+def test_a_response_from_a_server_that_failed_clears_its_failures(max_fails):
+    gw = Gateway(CONFIG.replace('keepalive_timeout: 1.5', f'keepalive_timeout: 1.5\n    max_fails: {max_fails}'))
+    (server,) = gw.upstreams["api"].pool.servers
+    client = gw.client()
+    client.send(get())
+    gw.refuse_backend()
+    (response,) = parse_responses(client.take())
+    assert response.status == 502
+    assert server.recent_failures == 1
+    assert bool(server.down_until) == (max_fails == 1)  # taken out when max_fails is reached
+    backend, _ = forwarded_request(gw, client, get())  # (the only server: tried even when out)
+    backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert parse_responses(client.take())[0].status == 200
+    assert (server.recent_failures, server.down_until) == (0, 0.0)
