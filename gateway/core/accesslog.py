@@ -56,6 +56,12 @@ class AccessRecord:
         return "-" if value is None else value.decode("latin-1")
 
 
+#: The one record that every request fills in when the gateway keeps no access log (the log is
+#: chosen at start and a reload does not change it).  Its fields are written and never read:
+#: making a record per request was 2.7% of the gateway's instructions per request.
+UNLOGGED = AccessRecord("-", 0.0)
+
+
 class AccessLogFormatter:
     """Formats records; the timestamp text is cached per second."""
 

@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.core.accesslog import AccessRecord
+from gateway.core.accesslog import UNLOGGED, AccessRecord
 from gateway.core.config import ListenerConfig
 from gateway.core.headers import Headers
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
@@ -243,7 +243,8 @@ class HTTP11ServerProtocol(Protocol):
             parser.should_keep_alive() and not (chunked and version == b"1.0"), body, content_length,
             expect_continue and version == b"1.1" and (chunked or bool(content_length)),
         )
-        record = AccessRecord(self._client_ip, self._time.now, head=head)
+        record = UNLOGGED if self._context.access_log is None else AccessRecord(self._client_ip, self._time.now,
+                                                                                 head=head)
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"

@@ -1013,3 +1013,15 @@ def test_a_response_from_a_server_that_failed_clears_its_failures(max_fails):
     backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert parse_responses(client.take())[0].status == 200
     assert (server.recent_failures, server.down_until) == (0, 0.0)
+
+
+def test_without_an_access_log_every_kind_of_answer_still_works(gw):
+    gw.context.access_log = None
+    client = gw.client()
+    backend, _ = forwarded_request(gw, client, get())
+    backend.reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    client.send(get("/nowhere"))
+    client.send(get("/api/x", extra=b"Content-Length: 5\r\n") + b"hel")
+    backend.reply(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert [response.status for response in parse_responses(client.take())] == [200, 404, 413]
+    assert gw.access_log == []
