@@ -25,6 +25,12 @@ class Balancer(Protocol):
     def choose(self, candidates: Sequence[Candidate], key: str) -> Candidate:
         """Pick one of *candidates* (never empty); *key* identifies the client."""
 
+    def plan(self, servers: Sequence[Candidate]) -> None:
+        """The pool's usual candidates from now on (a new list whenever they change)."""
+
+    def forget(self, address: str) -> None:
+        """A server left the pool."""
+
 
 class SmoothWeightedRoundRobin:
     """nginx's smooth weighted round robin.
@@ -34,12 +40,53 @@ class SmoothWeightedRoundRobin:
     ``sum(weights)`` picks each server is chosen exactly ``weight`` times, and
     the picks are spread out: weights 3:1 give a a b a, never a run of the
     light server.
+
+    The sequence repeats every cycle, so for the pool's usual candidates (every
+    available server, :meth:`plan`) it is worked out once and then read in
+    turn: a pick is then a list lookup rather than a pass over every server
+    (about 3.5% of the gateway's instructions per request with two servers).
+    Picks among other candidates (a retry leaves out the servers already
+    tried) use the scores.  After a new plan the cycle starts again from its
+    beginning, as the scores would from zero.
     """
+
+    #: The longest cycle worked out in advance (the weights' sum over their gcd); longer ones use scores.
+    PLAN_LIMIT = 1024
 
     def __init__(self) -> None:
         self._scores: dict[str, int] = {}
+        self._planned: Sequence[Candidate] | None = None
+        self._cycle: list[Candidate] = []
+        self._next = 0
+
+    def plan(self, servers: Sequence[Candidate]) -> None:
+        """*servers* is the candidates list the next picks will be made from, unchanged until the next plan.
+
+        The pool calls this whenever its servers, their weights or their
+        states change, with a new list each time.
+        """
+        self._planned = servers
+        self._next = 0
+        self._cycle = []
+        if len(servers) < 2:
+            return  # (one server: chosen at once; none: nothing to choose)
+        divisor = math.gcd(*(server.weight for server in servers))
+        weights = [server.weight // divisor for server in servers]
+        if sum(weights) > self.PLAN_LIMIT:
+            return
+        scores = [0] * len(servers)
+        for _ in range(sum(weights)):
+            for index, weight in enumerate(weights):
+                scores[index] += weight
+            best = max(range(len(servers)), key=scores.__getitem__)  # (the first of equal scores, as below)
+            scores[best] -= sum(weights)
+            self._cycle.append(servers[best])
 
     def choose(self, candidates: Sequence[Candidate], key: str = "") -> Candidate:
+        if candidates is self._planned and self._cycle:
+            index = self._next
+            self._next = index + 1 if index + 1 < len(self._cycle) else 0
+            return self._cycle[index]
         if len(candidates) == 1:
             return candidates[0]
         scores = self._scores
@@ -57,7 +104,7 @@ class SmoothWeightedRoundRobin:
         return best
 
     def forget(self, address: str) -> None:
-        """Drop the score of a server that left the pool."""
+        """Drop the score of a server that left the pool (the pool plans again too)."""
         self._scores.pop(address, None)
 
 
@@ -82,6 +129,9 @@ class LeastConnections:
                 tied.append(server)
         return self._tie_breaker.choose(tied)
 
+    def plan(self, servers: Sequence[Candidate]) -> None:
+        pass  # (ties are few and change with the load: nothing to work out in advance)
+
     def forget(self, address: str) -> None:
         self._tie_breaker.forget(address)
 
@@ -99,6 +149,9 @@ class IpHash:
         if len(candidates) == 1:
             return candidates[0]
         return max(candidates, key=lambda server: _rendezvous_score(key, server))
+
+    def plan(self, servers: Sequence[Candidate]) -> None:
+        pass
 
     def forget(self, address: str) -> None:
         pass

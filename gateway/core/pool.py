@@ -212,6 +212,7 @@ class UpstreamPool:
         if policy != self.balance:
             self.balance = policy
             self._balancer = make_balancer(policy)
+            self._balancer.plan(self._available)
 
     # -- internals --------------------------------------------------------------------
 
@@ -242,7 +243,12 @@ class UpstreamPool:
         self._refresh()
 
     def _refresh(self) -> None:
+        """Work out the candidates again after any change to the servers, their weights or states.
+
+        The lists are made anew each time: the balancer recognises its plan's list by identity.
+        """
         usable = [server for server in self.servers if server.state == UP and not server.removing and server.healthy]
         self._available = [server for server in usable if not server.down_until]
         self._fallback = [server for server in usable if server.down_until]
         self._next_revival = min((server.down_until for server in self._fallback), default=float("inf"))
+        self._balancer.plan(self._available)  # (a new list: the balancer knows its plan is for these servers)

@@ -291,7 +291,8 @@ class HTTP11ServerProtocol(Protocol):
         if self._deadline_kind == "body":
             self._set_deadline("", 0.0)
         if reading is not None:
-            reading.body_finished()
+            if reading.head.body != NO_BODY:  # (nothing to finish otherwise: one call less per request)
+                reading.body_finished()
             if not self._exchanges and not self._closing:
                 self._set_deadline("idle", self._timeouts.idle)  # answered before its body ended
 

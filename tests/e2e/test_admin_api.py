@@ -212,20 +212,23 @@ def test_patch_weight_changes_the_distribution_exactly(admin, backends):
 
 
 def test_patch_weight_mid_cycle_follows_smooth_wrr(admin, backends):
-    """A change in the middle of a cycle: the sequence is exactly what nginx's algorithm gives."""
-    model = SmoothWeightedRoundRobin()
+    """A change in the middle of a cycle starts a new one: the requests that follow are exactly
+    nginx's sequence for the new weights, from its start (as after an nginx reload)."""
 
     class Server:
         def __init__(self, name: str, weight: int) -> None:
             self.address, self.weight, self.active = name, weight, 0
 
     servers = [Server("web-1", 1), Server("web-2", 1)]
+    model = SmoothWeightedRoundRobin()
     first = served(admin.port, 3)
     assert first == [model.choose(servers).address for _ in range(3)]
     status, _, _ = admin.call("PATCH", f"/upstreams/web/servers/{backends.web2.address}", {"weight": 4})
     assert status == 200
     servers[1].weight = 4
+    model = SmoothWeightedRoundRobin()
     assert served(admin.port, 25) == [model.choose(servers).address for _ in range(25)]
+    assert served(admin.port, 25)[:5] == ["web-2", "web-2", "web-1", "web-2", "web-2"]  # (a cycle: 5 requests)
 
 
 def test_patch_drain_stops_new_requests_and_up_brings_it_back(admin, backends):

@@ -90,6 +90,52 @@ def test_swrr_adapts_when_a_candidate_is_left_out():
     assert abs(counts["a"] - 50) <= 2 and abs(counts["b"] - 10) <= 2 and abs(counts["c"] - 10) <= 2
 
 
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=2, max_size=6))
+def test_swrr_planned_picks_are_the_scored_ones(weights):
+    """Picks among the planned list (read from the worked-out cycle) are the picks the scores give."""
+    candidates = servers(*weights)
+    planned = SmoothWeightedRoundRobin()
+    planned.plan(candidates)
+    count = 2 * sum(weights) + 3
+    assert picks(planned, candidates, count) == picks(SmoothWeightedRoundRobin(), candidates, count)
+
+
+def test_swrr_a_cycle_beyond_the_plan_limit_uses_the_scores():
+    candidates = servers(SmoothWeightedRoundRobin.PLAN_LIMIT, 1)
+    balancer = SmoothWeightedRoundRobin()
+    balancer.plan(candidates)
+    total = SmoothWeightedRoundRobin.PLAN_LIMIT + 1
+    assert Counter(picks(balancer, candidates, 2 * total)) == {"a": 2 * (total - 1), "b": 2}
+
+
+def test_swrr_weights_are_planned_over_their_gcd():
+    candidates = servers(300, 100)
+    balancer = SmoothWeightedRoundRobin()
+    balancer.plan(candidates)
+    assert picks(balancer, candidates, 8) == "aaba" * 2
+
+
+def test_swrr_other_candidates_between_planned_picks():
+    """A retry's candidates (the untried servers) are scored; the planned cycle goes on after it."""
+    a, b, c = candidates = servers(5, 1, 1)
+    balancer = SmoothWeightedRoundRobin()
+    balancer.plan(candidates)
+    assert picks(balancer, candidates, 3) == "aab"
+    assert balancer.choose([b, c]).address in {"b", "c"}
+    assert picks(balancer, candidates, 4 + 7) == "acaa" + "aabacaa"
+
+
+def test_swrr_a_new_plan_starts_the_cycle_again():
+    candidates = servers(3, 1)
+    balancer = SmoothWeightedRoundRobin()
+    balancer.plan(candidates)
+    assert picks(balancer, candidates, 2) == "aa"
+    changed = servers(1, 3)
+    balancer.plan(changed)
+    assert picks(balancer, changed, 4) == "babb"
+    assert picks(balancer, candidates, 4) == "aaba"  # (the old list: scored, from its own scores)
+
+
 def test_swrr_forget_resets_a_server():
     a, b = servers(1, 1)
     balancer = SmoothWeightedRoundRobin()
