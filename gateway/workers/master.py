@@ -164,7 +164,10 @@ class WorkerSet(Service):
         for key in list(self._draining):
             self._settle(key, worker.number)
         how = _exit_description(reason)
-        if not self.running:
+        # The gateway is stopping once a stop signal has arrived, before the stop() that Twisted's handler
+        # queues has stopped this service: a worker signalled at the same moment (systemd signals the
+        # whole control group) may have drained and exited in between, and is not to be restarted.
+        if not self.running or getattr(self._reactor, "shutting_down", False):
             log.info("worker {worker} (pid {pid}) stopped ({how})", worker=worker.number, pid=worker.pid, how=how)
             if not self._workers and self._all_ended is not None and not self._all_ended.called:
                 self._all_ended.callback(None)

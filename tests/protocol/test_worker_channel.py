@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.test.iosim import connect, FakeTransport
 
 from gateway.core.config import parse_config
@@ -115,6 +117,25 @@ def test_a_worker_that_reports_nothing_draining_or_exits_no_longer_holds_a_depar
     fleet._settle(key, 2)  # what ended() does for every key when worker 2 exits
     assert gone.called
     assert fleet.gone(key).called  # nothing draining: fires at once
+
+
+class ExitedWorker:
+    number, pid, started = 1, 4321, 0.0
+
+
+@pytest.mark.parametrize("shutting_down", [False, True])
+def test_a_worker_that_exits_once_a_stop_signal_has_arrived_is_not_restarted(shutting_down):
+    """systemd signals the master and its workers together: a worker may exit before the stop() that
+    the master's signal handler queued has stopped the WorkerSet."""
+    fleet = workers()
+    fleet.startService()
+    fleet._reactor.shutting_down = shutting_down  # (what GatewayReactor's stop signal handlers set at once)
+    worker = ExitedWorker()
+    fleet._workers[1] = worker
+    fleet.ended(worker, Failure(ProcessDone(0)))
+    assert fleet.restarts(1) == (0 if shutting_down else 1)
+    assert bool(fleet._pending_starts) is not shutting_down
+    assert 1 not in fleet._workers
 
 
 def server(address: str, **fields) -> dict:
