@@ -450,7 +450,8 @@ def program_version(argv: list[str], pattern: str) -> str:
 def versions() -> dict:
     commit = command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
     return {"gateway": f"{python_package_version('gateway')} ({commit})",
-            "Python": f"{platform.python_version()} ({os.path.realpath(sys.executable)})", "Twisted": python_package_version("twisted"),
+            "Python": f"{platform.python_version()} ({os.path.realpath(sys.executable)})",
+            "Twisted": python_package_version("twisted"),
             "httptools": python_package_version("httptools"), "OpenSSL": ssl.OPENSSL_VERSION.split()[1],
             "nginx": program_version(["nginx", "-v"], r"nginx/(\S+)"),
             "HAProxy": program_version(["haproxy", "-v"], r"version (\S+)"),

@@ -335,7 +335,7 @@ class ProxyExchange:
         server = self._server
         if status in self._upstream.config.fail_statuses:
             self._server_failed(server)
-        elif server.recent_failures or server.down_until:
+        elif server.recent_failures or server.down_until:  # (otherwise record_success changes nothing)
             self._upstream.pool.record_success(server)
         self._record.status = status
         self._record.upstream = self._server.address
