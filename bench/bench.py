@@ -449,7 +449,9 @@ def program_version(argv: list[str], pattern: str) -> str:
 
 def versions() -> dict:
     commit = command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
-    return {"gateway": f"{python_package_version('gateway')} ({commit})",
+    request_path = command_output([sys.executable, "-c", "import gateway.http.server, gateway.compiled as c; "
+                                   "print('compiled with mypyc' if c.in_use() else 'pure Python')"])
+    return {"gateway": f"{python_package_version('gateway')} ({commit}; request path {request_path})",
             "Python": f"{platform.python_version()} ({os.path.realpath(sys.executable)})",
             "Twisted": python_package_version("twisted"),
             "httptools": python_package_version("httptools"), "OpenSSL": ssl.OPENSSL_VERSION.split()[1],

@@ -23,6 +23,7 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gateway import compiled
 from gateway.accesslog import AccessLogWriter
 from gateway.admin.tokens import TokenError, read_token
 from gateway.core.config import AdminConfig, ConfigError, GatewayConfig, ListenerConfig, load_config
@@ -361,6 +362,8 @@ def build_service(config: GatewayConfig, reactor) -> MultiService:
     SIGHUP reloader.  With ``workers`` above 1 this process becomes the
     master instead (:func:`build_master_service`).
     """
+    log.info("request path: {kind}", kind="compiled (mypyc)" if compiled.in_use()
+             else "pure Python, slower (see README, Install)")
     if config.workers > 1:
         return build_master_service(config, reactor)
     root = SequentialMultiService()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 
 class Candidate(Protocol):
@@ -51,7 +51,7 @@ class SmoothWeightedRoundRobin:
     """
 
     #: The longest cycle worked out in advance (the weights' sum over their gcd); longer ones use scores.
-    PLAN_LIMIT = 1024
+    PLAN_LIMIT: ClassVar[int] = 1024
 
     def __init__(self) -> None:
         self._scores: dict[str, int] = {}
@@ -164,7 +164,10 @@ def _rendezvous_score(key: str, server: Candidate) -> float:
     return -server.weight / math.log(unit)
 
 
+_BALANCERS: dict[str, type[SmoothWeightedRoundRobin | LeastConnections | IpHash]] = {
+    "round_robin": SmoothWeightedRoundRobin, "least_conn": LeastConnections, "ip_hash": IpHash}
+
+
 def make_balancer(policy: str) -> SmoothWeightedRoundRobin | LeastConnections | IpHash:
     """The balancer for a ``balance:`` value (already validated by the config)."""
-    return {"round_robin": SmoothWeightedRoundRobin, "least_conn": LeastConnections,
-            "ip_hash": IpHash}[policy]()
+    return _BALANCERS[policy]()

@@ -199,12 +199,12 @@ class UpstreamPool:
             if server.address not in wanted and not server.removing:
                 gone += self.remove(server.address)
         for address, (config, state) in wanted.items():
-            server = self.server(address)
-            if server is None or server.removing:
+            present = self.server(address)
+            if present is None or present.removing:
                 self.add(config, state)
             else:
-                server.weight = config.weight
-                server.state = state
+                present.weight = config.weight
+                present.state = state
         self._refresh()
         return gone
 

@@ -8,7 +8,7 @@ Between requests the connection sits idle in :mod:`gateway.http.connections`.
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 import httptools
 from twisted.internet.protocol import Protocol
@@ -51,13 +51,17 @@ def response_framing(status: int, content_length: int | None, chunked: bool, hea
 class HTTP11ClientProtocol(Protocol):
     """One connection to a backend server, reused for request after request."""
 
-    def __init__(self, clock=None) -> None:
+    transport: Any  # (a TCP transport once connected: Twisted types it as ITransport | None)
+
+    def __init__(self, clock: Any = None) -> None:
         self.clock = clock  # for the read timeout; None: no timeout
         self._time = cached_time(clock) if clock is not None else None
         self.handler: ResponseHandler | None = None
         self.gate: ReadGate | None = None
-        self.connected_handler = None  # set by the connection pool while connecting
-        self.on_idle_lost = None  # set by the connection pool while the connection is idle
+        #: Set by the connection pool while connecting.
+        self.connected_handler: Callable[[HTTP11ClientProtocol], None] | None = None
+        #: Set by the connection pool while the connection is idle.
+        self.on_idle_lost: Callable[[HTTP11ClientProtocol], None] | None = None
         self.idle_since = 0.0  # when the pool last took it back
         self.idle_address = ""  # the server address it is kept under while idle
         self.requests_sent = 0
@@ -74,10 +78,10 @@ class HTTP11ClientProtocol(Protocol):
         self._headers: Headers = []
         self._body_framing = NO_BODY
         self._read_timeout = 0.0
-        self._read_timer = None
+        self._read_timer: Any = None  # (an IDelayedCall)
         self._last_read = 0.0
         self._upgrade = False  # the request asked to switch protocols: 101 is a valid answer
-        self.tunnel = None  # after 101: raw bytes go to tunnel.from_backend
+        self.tunnel: Any = None  # after 101 (a TunnelExchange): raw bytes go to tunnel.from_backend
 
     # -- Twisted ------------------------------------------------------------
 
@@ -92,10 +96,14 @@ class HTTP11ClientProtocol(Protocol):
             ready(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.from_backend(data)
+        # (Checked through locals: parsing may set self.tunnel and clear self.handler, and mypyc
+        # would trust a narrowing of the attributes themselves across that call.)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.from_backend(data)
             return
-        if self.handler is None:
+        handler = self.handler
+        if handler is None:
             # A backend may not speak before it is asked; an idle connection that
             # does so is out of step with us and cannot be reused.
             self.transport.abortConnection()
@@ -124,7 +132,7 @@ class HTTP11ClientProtocol(Protocol):
         """Connected and not closing: may carry a request."""
         return self.transport is not None and not self._lost and not self.transport.disconnecting
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         self._stop_read_timer()
         if self.tunnel is not None:
@@ -135,7 +143,7 @@ class HTTP11ClientProtocol(Protocol):
             if self._body_framing == UNTIL_CLOSE and self._head_done:
                 handler.response_finished(self, False)
             else:
-                handler.upstream_lost(self, reason)
+                handler.upstream_lost(self, reason if reason is not None else "connection lost")
         elif self.on_idle_lost is not None:
             self.on_idle_lost(self)
 

@@ -18,13 +18,14 @@ timer that finds its deadline not yet reached re-arms itself.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class CachedTime(Protocol):
     """Something with a ``now`` attribute: seconds since the epoch, as ``time.time()``."""
 
-    now: float
+    @property
+    def now(self) -> float: ...
 
 
 class LiveTime:
@@ -40,6 +41,6 @@ class LiveTime:
         return self._clock.seconds()
 
 
-def cached_time(clock) -> CachedTime:
+def cached_time(clock: Any) -> CachedTime:
     """*clock* itself when it keeps a ``now`` (GatewayReactor), else a :class:`LiveTime` over it."""
     return clock if hasattr(clock, "now") else LiveTime(clock)

@@ -9,9 +9,8 @@ A connection that the backend closes while idle leaves the pool at once.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
@@ -28,7 +27,7 @@ class _ConnectAttempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, ready: ReadyCallback, failed: FailedCallback, clock) -> None:
+    def __init__(self, ready: ReadyCallback, failed: FailedCallback, clock: Any) -> None:
         self._ready = ready
         self._failed = failed
         self._clock = clock
@@ -45,7 +44,7 @@ class _ConnectAttempt(ClientFactory):
 class UpstreamConnections:
     """The connection pool of one upstream."""
 
-    def __init__(self, reactor: IReactorTCP | IReactorTime, keepalive_timeout: float,
+    def __init__(self, reactor: Any, keepalive_timeout: float,
                  keepalive_connections: int, connect_timeout: float = 5.0) -> None:
         self._reactor = reactor
         self._time = cached_time(reactor)
@@ -53,7 +52,7 @@ class UpstreamConnections:
         self.keepalive_connections = keepalive_connections
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[HTTP11ClientProtocol]] = {}  # oldest first, most recently used last
-        self._sweeper = None  # one timer for the whole pool, at the next idle connection's expiry
+        self._sweeper: Any = None  # one timer (IDelayedCall) for the pool, at the next idle connection's expiry
         self._forget_idle = self._forget_idle_connection
 
     def acquire(self, server: ServerState, ready: ReadyCallback, failed: FailedCallback) -> None:

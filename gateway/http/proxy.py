@@ -11,10 +11,9 @@ the order the requests arrived.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol as TypingProtocol
+from typing import Any, Callable, Mapping, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.error import ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,7 +44,7 @@ class ResponseSink(TypingProtocol):
 
     read_gate: ReadGate
 
-    def send_head(self, head: RequestHead, status: int, reason: bytes, header_lines: bytes, body: int,
+    def send_head(self, head: RequestHead | None, status: int, reason: bytes, header_lines: bytes, body: int,
                   content_length: int | None, close: bool = False) -> None:
         """Write a response head: *header_lines* are serialized, without framing headers (written here)."""
 
@@ -87,7 +86,7 @@ class Upstream:
 class ProxyContext:
     """Everything the request path needs, built once by the service."""
 
-    reactor: IReactorTCP | IReactorTime
+    reactor: Any  # an IReactorTCP and IReactorTime
     routes: RouteTable
     upstreams: Mapping[str, Upstream]
     access_log: Callable[[AccessRecord, float], None] | None
@@ -105,7 +104,7 @@ class LocalResponse:
 
     def __init__(self, sink: ResponseSink, head: RequestHead | None, record: AccessRecord,
                  context: ProxyContext, status: int, reason: bytes, text: str, close: bool = False,
-                 headers: Headers = ()) -> None:
+                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self._sink = sink
         self._headers = headers
         self.head = head
@@ -133,7 +132,7 @@ class LocalResponse:
 
 
 def respond_locally(sink: ResponseSink, head: RequestHead | None, status: int, reason: bytes, body: bytes,
-                    close: bool, extra_headers: Headers = ()) -> None:
+                    close: bool, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     header_lines = _TEXT_PLAIN + serialize_headers(extra_headers) if extra_headers else _TEXT_PLAIN
     if head is None or head.method != b"HEAD":
         sink.send_head(head, status, reason, header_lines, FIXED_LENGTH, len(body), close)
@@ -254,6 +253,7 @@ class ProxyExchange:
     def _try_next_server(self, same_server: bool = False) -> None:
         pool = self._upstream.pool
         now = self._context.time.now
+        server = self._server  # (same_server: the one whose pooled connection turned out closed)
         if not same_server:
             if self._tried:
                 config = self._upstream.config
@@ -273,16 +273,19 @@ class ProxyExchange:
             self._server = server
             self._tried.append(server)
             pool.request_started(server)
+        assert server is not None
         self._upstream_started = now
-        self._upstream.connections.acquire(self._server, self._connection_ready, self._connection_failed)
+        self._upstream.connections.acquire(server, self._connection_ready, self._connection_failed)
 
-    start = _try_next_server  # (the exchange starts by choosing a server: one call less per request)
+    def start(self) -> None:
+        self._try_next_server()
 
     def _connection_failed(self, reason: Failure) -> None:
         if self._finished:
             return
         self._timed_out = reason.check(TimeoutError, ConnectingCancelledError) is not None
         server = self._server
+        assert server is not None
         log.warn("cannot connect to {server} of upstream {upstream}: {error}", server=server.address,
                  upstream=self._upstream.pool.name, error=reason.getErrorMessage())
         self._server_failed(server)
@@ -291,7 +294,7 @@ class ProxyExchange:
 
     def _connection_ready(self, connection: HTTP11ClientProtocol, reused: bool) -> None:
         if self._finished:
-            if reused:
+            if reused and self._server is not None:
                 self._upstream.connections.release(self._server, connection)
             else:
                 connection.transport.loseConnection()
@@ -304,6 +307,7 @@ class ProxyExchange:
         elif head.body == CHUNKED:
             framing = b"Transfer-Encoding: chunked\r\n"
         else:
+            assert head.content_length is not None  # (FIXED_LENGTH)
             framing = b"Content-Length: %d\r\n" % head.content_length
         request = b"".join((head.method, b" ", self._target, b" HTTP/1.1\r\n", self._request_header_lines(), framing,
                             b"\r\n"))
@@ -333,12 +337,13 @@ class ProxyExchange:
         self._responding = True
         self._replay = None
         server = self._server
+        assert server is not None and self._connection is not None and self._connection.gate is not None
         if status in self._upstream.config.fail_statuses:
             self._server_failed(server)
         elif server.recent_failures or server.down_until:  # (otherwise record_success changes nothing)
             self._upstream.pool.record_success(server)
         self._record.status = status
-        self._record.upstream = self._server.address
+        self._record.upstream = server.address
         self._sink.send_head(self.head, status, reason, header_lines, body, content_length)
         self._sink.register_producer(self._connection.gate)
 
@@ -350,6 +355,7 @@ class ProxyExchange:
         self._finished = True
         self._connection = None
         server = self._server
+        assert server is not None
         self._upstream.request_finished(server)
         self._sink.unregister_producer()
         if not self._body_done:
@@ -376,6 +382,7 @@ class ProxyExchange:
         self._connection = None
         self._sink.read_gate.resume(BACKPRESSURE)
         server = self._server
+        assert server is not None
         error = reason if isinstance(reason, str) else reason.getErrorMessage()
         if self._responding:
             # Part of the response went out: it cannot be completed honestly.
@@ -409,6 +416,7 @@ class ProxyExchange:
             return
         self._connection = None
         server = self._server
+        assert server is not None
         log.warn("backend {server} sent nothing for {timeout} s", server=server.address,
                  timeout=self._upstream.config.read_timeout)
         self._server_failed(server)

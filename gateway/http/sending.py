@@ -43,6 +43,7 @@ the next poll), though callers flush first where they can; after
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, Callable, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE
@@ -56,17 +57,24 @@ _STATE = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_writeDis
           "_writeDisconnected", "_aborting", "TLS", "producer", "streamingProducer", "socket", "reactor")
 
 
+class Flushable(Protocol):
+    """What joins a batch: a BatchedWriter, or a TLS transport (gateway.http.tls_transport)."""
+
+    def flush(self) -> None: ...
+
+
 class _Batch:
     """The writers with data gathered in this reactor iteration."""
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._pending: list = []
+        self._pending: list[Flushable] = []
         self._scheduled = False
         # GatewayReactor runs it once the poll's events are handled; other reactors at their next timer run.
-        self.after_events = getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0)
+        self.after_events: Callable[[Callable[[], object]], object] = (
+            getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0))
 
-    def add(self, writer: BatchedWriter) -> None:
+    def add(self, writer: Flushable) -> None:
         self._pending.append(writer)
         if not self._scheduled:
             self._scheduled = True
@@ -82,7 +90,7 @@ class _Batch:
 _batches: dict[int, _Batch] = {}
 
 
-def _sends_directly(transport) -> bool:
+def _sends_directly(transport: Any) -> bool:
     """Whether *transport* is a plain TCP one with the internals this module reads.
 
     Checked on the first transport of each class only: opening a connection is hot too.
@@ -94,7 +102,7 @@ def _sends_directly(transport) -> bool:
     return direct
 
 
-def batch_for(reactor) -> _Batch:
+def batch_for(reactor: Any) -> _Batch:
     """The batch of *reactor*'s current iteration: ``add(writer)`` calls ``writer.flush()`` once at its end."""
     batch = _batches.get(id(reactor))
     if batch is None or batch._reactor is not reactor:
@@ -107,9 +115,10 @@ class BatchedWriter:
 
     __slots__ = ("write", "write_sequence", "_transport", "_held", "_batch")
 
-    def __init__(self, transport) -> None:
+    def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._held: list[bytes] = []
+        self._batch: _Batch | None
         if _sends_directly(transport):
             self._batch = batch_for(transport.reactor)
             self.write = self._gather
@@ -176,7 +185,7 @@ class BatchedWriter:
         t.connectionLost(Failure(CONNECTION_DONE))
 
 
-def send_now(t, data: bytes) -> None:
+def send_now(t: Any, data: bytes) -> None:
     """Send *data* on the transport *t* at once when the reactor would send it next.
 
     That is, on a plain TCP transport whose own buffer is empty and which is
@@ -189,7 +198,7 @@ def send_now(t, data: bytes) -> None:
         t.write(data)
 
 
-def _send(t, data: bytes) -> None:
+def _send(t: Any, data: bytes) -> None:
     """send_now on a transport that :func:`_sends_directly`."""
     if t._aborting:
         return  # abortConnection drops unsent data

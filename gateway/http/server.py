@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Any
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -44,6 +45,8 @@ _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 #: Request headers that on_headers_complete looks at, besides Host.
 _NOTED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+#: What answers one request: the gateway itself, a backend, or a backend over a WebSocket tunnel.
+Exchange = LocalResponse | ProxyExchange | TunnelExchange
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -70,6 +73,7 @@ class HTTP11ServerProtocol(Protocol):
         "_url_parts", "_headers", "_tunnel", "_writer", "_write", "_write_sequence", "read_gate", "_throttle",
         "_client_ip", "_parser",
     )
+    transport: Any  # (a TCP or TLS transport once connected: Twisted types it as ITransport | None)
 
     def __init__(self, context: ProxyContext, listener: HTTP11ServerFactory) -> None:
         self._context = context
@@ -85,12 +89,12 @@ class HTTP11ServerProtocol(Protocol):
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
         self._unframed = 0  # bytes fed to the parser since the head began or body data last came out
         self._body_seen = 0  # request body bytes the parser has delivered, ever
-        self._timer = None  # the one timer of the connection (see _set_deadline)
+        self._timer: Any = None  # the one timer (IDelayedCall) of the connection (see _set_deadline)
         self._timer_at = 0.0  # when it fires (kept here: cheaper than asking it)
         self._deadline = 0.0
         self._deadline_kind = ""  # "header", "idle" or "body": what the client is expected to send
-        self._exchanges: deque = deque()  # in arrival order; the first one is responding
-        self._reading = None  # the exchange whose request body the parser is reading
+        self._exchanges: deque[Exchange] = deque()  # in arrival order; the first one is responding
+        self._reading: Exchange | None = None  # the exchange whose request body the parser is reading
         self._closing = False  # no further request will be read on this connection
         self._keep_alive = True  # of the response being written
         self._chunked = False  # the response being written uses chunked coding
@@ -162,7 +166,7 @@ class HTTP11ServerProtocol(Protocol):
                     self._protocol_error(400, b"Bad Request", f"malformed request: {error}")
                 return
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._connections.discard(self)
         if self._tunnel is not None:
             self._tunnel.client_closed()
@@ -245,6 +249,7 @@ class HTTP11ServerProtocol(Protocol):
         )
         record = UNLOGGED if self._context.access_log is None else AccessRecord(self._client_ip, self._time.now,
                                                                                  head=head)
+        exchange: Exchange
         problem = self._head_problem(version, hosts, content_lengths, transfer_encodings, target, path)
         if problem is None and self._draining:
             problem = 503, b"Service Unavailable", "the gateway is shutting down"
@@ -304,7 +309,7 @@ class HTTP11ServerProtocol(Protocol):
         last = self._closing and len(self._exchanges) <= 1
         keep_alive = head is not None and head.keep_alive and not close and not last and not self._draining
         chunked = False
-        if body == FIXED_LENGTH or (body == NO_BODY and content_length is not None and status not in (204, 304)):
+        if content_length is not None and (body == FIXED_LENGTH or (body == NO_BODY and status not in (204, 304))):
             framing = b"Content-Length: %d\r\n" % content_length
         elif body != NO_BODY:
             if head is not None and head.version == b"1.1":
@@ -471,14 +476,14 @@ class HTTP11ServerProtocol(Protocol):
                              f"moved to {location.decode('latin-1')}", headers=[(b"Location", location)],
                              close=head.expect_continue and head.body != NO_BODY)
 
-    def _enqueue(self, exchange) -> None:
+    def _enqueue(self, exchange: Exchange) -> None:
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
             self._start(exchange)
         else:
             self.read_gate.pause("pipeline")
 
-    def _start(self, exchange) -> None:
+    def _start(self, exchange: Exchange) -> None:
         if exchange is self._reading and isinstance(exchange, ProxyExchange) and exchange.head.expect_continue:
             self._write(_CONTINUE)
         exchange.start()

@@ -11,30 +11,50 @@ relayed as a normal response, after which the client connection closes.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from twisted.logger import Logger
 
+from gateway.core.accesslog import AccessRecord
+from gateway.core.messages import RequestHead
 from gateway.http.client import HTTP11ClientProtocol
 from gateway.http.flow import BACKPRESSURE
-from gateway.http.proxy import ProxyExchange, write_access_log
+from gateway.http.proxy import ProxyContext, ProxyExchange, ResponseSink, Upstream, write_access_log
 
 log = Logger(namespace="gateway.tunnel")
+
+
+class TunnelSink(ResponseSink, Protocol):
+    """The client side as a tunnel sees it: a ResponseSink that can also switch to raw bytes."""
+
+    def start_tunnel(self, tunnel: TunnelExchange, header_lines: bytes) -> None: ...
+
+    def send_raw(self, data: bytes) -> None: ...
+
+    def end_tunnel(self) -> None: ...
 
 
 class TunnelExchange(ProxyExchange):
     """An Upgrade request: a proxied request first, a byte tunnel after 101."""
 
-    def __init__(self, *args, upgrade: bytes, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, context: ProxyContext, sink: TunnelSink, head: RequestHead, upstream: Upstream,
+                 target: bytes, record: AccessRecord, upgrade: bytes) -> None:
+        super().__init__(context, sink, head, upstream, target, record)
         self.upgrade = upgrade
+        self._tunnel_sink = sink
         self._early: list[bytes] = []  # client bytes that came after the request, before the 101
         self._backend: HTTP11ClientProtocol | None = None
         self._open = False
         self._closed = False
-        self._timer = None
+        self._timer: Any = None  # (an IDelayedCall)
         self._last_activity = 0.0
 
     def _request_header_lines(self) -> bytes:
-        return super()._request_header_lines() + b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n"
+        return super()._request_header_lines() + b"Connection: Upgrade\r\nUpgrade: " + self._upgrade_token() + b"\r\n"
+
+    def _upgrade_token(self) -> bytes:
+        assert self.upgrade is not None
+        return self.upgrade
 
     # -- the switch ------------------------------------------------------------------
 
@@ -44,15 +64,17 @@ class TunnelExchange(ProxyExchange):
             super().response_head(status, reason, header_lines, body, content_length)
             return
         backend = self._connection
+        server = self._server
+        assert backend is not None and backend.gate is not None and server is not None
         self._connection = None
         self._backend = backend
         self._responding = True
         self._open = True
-        self._upstream.pool.record_success(self._server)
+        self._upstream.pool.record_success(server)
         self._record.status = 101
-        self._record.upstream = self._server.address
+        self._record.upstream = server.address
         backend.start_tunnel(self)
-        self._sink.start_tunnel(self, header_lines)
+        self._tunnel_sink.start_tunnel(self, header_lines)
         # Each side's full buffer pauses reading on the other.
         self._sink.register_producer(backend.gate)
         backend.transport.registerProducer(self._sink.read_gate, True)
@@ -74,7 +96,7 @@ class TunnelExchange(ProxyExchange):
     def from_backend(self, data: bytes) -> None:
         self._last_activity = self._context.reactor.seconds()
         self._record.body_bytes += len(data)
-        self._sink.send_raw(data)
+        self._tunnel_sink.send_raw(data)
 
     # -- the end ---------------------------------------------------------------------
 
@@ -113,7 +135,8 @@ class TunnelExchange(ProxyExchange):
         self._sink.unregister_producer()
         self._backend.transport.unregisterProducer()
         self._backend.transport.loseConnection()
-        self._sink.end_tunnel()
-        self._upstream.request_finished(self._server)
+        self._tunnel_sink.end_tunnel()
+        if self._server is not None:
+            self._upstream.request_finished(self._server)
         self._record.upstream_time = self._context.reactor.seconds() - self._upstream_started
         write_access_log(self._context, self._record)

@@ -51,7 +51,7 @@ def _ignore_junk(directory: str, names: list[str]) -> set[str]:
         n for n in names
         if n in _JUNK_ANYWHERE
         or (at_root and n in _JUNK_AT_ROOT)
-        or n.endswith((".egg-info", ".pyc", ".pid", ".log"))
+        or n.endswith((".egg-info", ".pyc", ".pid", ".log", ".so"))
     }
 
 
@@ -141,7 +141,8 @@ def test_wheel_ships_the_dropin_without_shadowing_twisted(wheel):
     assert "gateway/__init__.py" in names
     assert "gateway/tap.py" in names
     top_level = {n.split("/", 1)[0] for n in names}
-    extra = {t for t in top_level - {"gateway", "twisted"} if not t.endswith(".dist-info")}
+    extra = {t for t in top_level - {"gateway", "twisted"}
+             if not t.endswith(".dist-info") and not t.startswith("gateway__mypyc.")}  # (mypyc's shared library)
     assert not extra, f"unexpected top-level entries in the wheel (tests? backends?): {sorted(extra)}"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
@@ -182,6 +183,8 @@ _IMPORT_EVERYTHING = textwrap.dedent(
     import gateway
     report["gateway_file"] = gateway.__file__
     report["prefix"] = sys.prefix
+    try_import("gateway.http.server")
+    report["server_file"] = sys.modules["gateway.http.server"].__file__
 
     def on_walk_error(name):
         report["failures"][name] = traceback.format_exc()
@@ -220,6 +223,19 @@ def test_imports_come_from_the_installed_wheel(import_report, venv):
     assert Path(import_report["prefix"]).resolve() == venv.resolve()
     assert venv.resolve() in gateway_file.parents, gateway_file
     assert REPO not in gateway_file.parents, gateway_file
+
+
+def test_the_wheel_holds_the_compiled_request_path(wheel, import_report):
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    from gateway.compiled import COMPILED_MODULES
+
+    for module in COMPILED_MODULES:
+        path = module.replace(".", "/")
+        assert f"{path}.py" in names  # (the source stays: the fallback, and what tracebacks show)
+        assert [n for n in names if n.startswith(f"{path}.cpython-") and n.endswith(".so")], module
+    assert [n for n in names if n.startswith("gateway__mypyc.") and n.endswith(".so")]
+    assert import_report["server_file"].endswith(".so"), import_report["server_file"]
 
 
 def test_every_gateway_module_imports_with_only_install_requires(import_report):
