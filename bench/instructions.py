@@ -22,6 +22,12 @@ keep-alive connections (one request on each, then all the answers read, like
 wrk's -c without its timing).  The difference between the two counts,
 divided by the difference in requests, leaves out start-up and shutdown.
 Needs valgrind (``apt-get install valgrind``); a run takes about a minute.
+
+A tree runs as it is built: its request path compiled (gateway/compiled.py)
+when its compiled modules are there and up to date, else pure Python; each
+line of the output says which.  To compile a ``git worktree``, which has
+only the sources: ``(cd /tmp/base && /path/to/.venv/bin/python setup.py
+build_ext --inplace)`` (mypy, for mypyc, comes with the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -85,8 +91,11 @@ def _read_answer(sock: socket.socket, until_closed: bool) -> None:
 
 
 def count_instructions(tree: Path, config: Path, port: int, requests: int, connections: int, close: bool,
-                       procs: Processes, out: Path) -> int:
-    """Start the gateway of *tree* under cachegrind, send WARM_UP + *requests*, stop it; its instruction count."""
+                       procs: Processes, out: Path) -> tuple[int, bool]:
+    """Start the gateway of *tree* under cachegrind, send WARM_UP + *requests*, stop it.
+
+    Returns its instruction count and whether its request path ran compiled.
+    """
     argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
             sys.executable, "-c", TWISTD_FROM_CWD, "-n", "--pidfile=", "gateway", "-c", str(config)]
     env = dict(os.environ, PYTHONHASHSEED="0")  # the same dictionaries in every run
@@ -102,7 +111,7 @@ def count_instructions(tree: Path, config: Path, port: int, requests: int, conne
     match = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
     if match is None:
         raise StartError(f"no instruction count in {out}:\n{process.log_tail()}")
-    return int(match.group(1))
+    return int(match.group(1)), "request path: compiled" in process.log_path.read_text(errors="replace")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 config = workdir / "gateway.yaml"
                 config.write_text(stack.gateway_config(backends, port, stack.free_port(), certs,
                                                        max_connections=1024))
-                counts = [count_instructions(tree.resolve(), config, port, total, options.connections, options.close,
-                                             procs, workdir / f"cachegrind-{total}.out")
-                          for total in (requests, 2 * requests)]
-                per_request = (counts[1] - counts[0]) / requests
+                runs = [count_instructions(tree.resolve(), config, port, total, options.connections, options.close,
+                                           procs, workdir / f"cachegrind-{total}.out")
+                        for total in (requests, 2 * requests)]
+                per_request = (runs[1][0] - runs[0][0]) / requests
                 print(f"{tree}: {per_request:,.0f} instructions per request "
                       f"({options.connections} {'new connections at a time' if options.close else 'connections'}, "
-                      f"{requests} requests counted)", flush=True)
+                      f"{requests} requests counted; request path "
+                      f"{'compiled' if runs[0][1] else 'pure Python'})", flush=True)
         finally:
             procs.stop_all()
     return 0

@@ -47,7 +47,9 @@ COMPILED_MODULES = (
     "gateway.http.proxy",
     "gateway.http.sending",
     "gateway.http.server",
+    "gateway.http.tls_transport",
     "gateway.http.tunnel",
+    "gateway.reactor_events",
 )
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,11 @@ load (py-spy), and the gateway never reads that context: its own log events
 Twisted itself writes while handling an event (an unhandled exception in a
 protocol) still appear, with ``[-]`` in place of the connection's name.
 A plain read on a TCP connection (the event nearly every request is made
-of) is handled in ``doPoll`` itself: ``recv``, then the protocol's
-``dataReceived``, with Twisted's outcomes for an error, an end of file or an
-exception, but without the three Python frames Twisted's dispatch adds
-(about 3% of the gateway's instructions per proxied request).  And what
+of) is handled by the reactor itself (:mod:`gateway.reactor_events`, compiled
+with the request path): ``recv``, then the protocol's ``dataReceived``, with
+Twisted's outcomes for an error, an end of file or an exception, but without
+the three Python frames Twisted's dispatch adds (about 3% of the gateway's
+instructions per proxied request, before the request path was compiled).  And what
 must happen once an iteration's events are handled (sending the responses
 they produced, :mod:`gateway.http.sending`) is called at the end of
 ``doPoll`` (:meth:`GatewayReactor.call_after_events`) rather than through a
@@ -47,25 +48,18 @@ import gc
 import sys
 from typing import Callable
 
-from twisted.internet import tcp
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.python import log
 
-try:
-    from select import EPOLLIN
+from gateway.reactor_events import dispatch_events
 
+try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # no select.epoll: not Linux
     EPollReactor = None
 
 
 _log = Logger(namespace="gateway")
-#: The connection classes whose reads GatewayReactor handles itself: exact classes (not
-#: subclasses), and only while they read the way it copies (Connection.doRead).
-_TCP_CONNECTIONS = frozenset(kind for kind in (tcp.Server, tcp.Client)
-                             if kind.doRead is tcp.Connection.doRead
-                             and kind._dataReceived is tcp.Connection._dataReceived)
 
 if EPollReactor is not None:
     class GatewayReactor(EPollReactor):
@@ -82,7 +76,7 @@ if EPollReactor is not None:
             self.now = self.seconds()
             self._dispatching = True
             try:
-                self._dispatch(events)
+                dispatch_events(self, events)
             finally:
                 self._dispatching = False
                 after, self._after_events = self._after_events, []
@@ -91,35 +85,6 @@ if EPollReactor is not None:
                         function()
                     except BaseException:
                         log.err(None, "Unhandled error after handling the events")
-
-        def _dispatch(self, events: list[tuple[int, int]]) -> None:
-            selectables = self._selectables
-            handle = self._doReadOrWrite
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is None:
-                    continue
-                if event != EPOLLIN or type(selectable) not in _TCP_CONNECTIONS:
-                    handle(selectable, fd, event)
-                    continue
-                # A read on a TCP connection: what _doReadOrWrite, Connection.doRead and
-                # _dataReceived do for it, without their three Python frames.
-                try:
-                    data = selectable.socket.recv(selectable.bufferSize)
-                except OSError as error:
-                    why = None if error.args[0] == errno.EWOULDBLOCK else CONNECTION_LOST
-                else:
-                    if data:
-                        try:
-                            selectable.protocol.dataReceived(data)
-                            continue
-                        except BaseException:
-                            why = sys.exc_info()[1]
-                            log.err()
-                    else:
-                        why = CONNECTION_DONE
-                if why:
-                    self._disconnectSelectable(selectable, why, True)
 
         doIteration = doPoll
 

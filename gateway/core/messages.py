@@ -7,8 +7,6 @@ stream can later drive the same path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gateway.core.headers import Headers
 
 # How a message body is delimited on the wire.
@@ -23,21 +21,35 @@ _HOST_NAMES: dict[bytes, str] = {}
 _HOST_NAMES_KEPT = 1024
 
 
-@dataclass(slots=True)
 class RequestHead:
-    method: bytes
-    target: bytes  # the request-target as received (origin-form after normalisation)
-    path: str  # decoded path without the query, used for routing
-    query: bytes  # b"" or b"?..." as received
-    version: bytes  # b"1.1" or b"1.0"
-    headers: Headers
-    host: bytes | None  # the Host header as sent (with port, if any)
-    client_ip: str
-    scheme: str  # "http" or "https": how the client reached us
-    keep_alive: bool
-    body: int  # NO_BODY, FIXED_LENGTH or CHUNKED
-    content_length: int | None = None
-    expect_continue: bool = False  # "Expect: 100-continue" on an HTTP/1.1 request
+    """One request's head, as the rest of the gateway sees it.
+
+    (A plain class rather than a dataclass: mypyc compiles this ``__init__``,
+    not the one ``dataclasses`` would generate, and one is made per request.)
+    """
+
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "host", "client_ip", "scheme",
+                 "keep_alive", "body", "content_length", "expect_continue")
+
+    def __init__(self, method: bytes, target: bytes, path: str, query: bytes, version: bytes, headers: Headers,
+                 host: bytes | None, client_ip: str, scheme: str, keep_alive: bool, body: int,
+                 content_length: int | None = None, expect_continue: bool = False) -> None:
+        self.method = method
+        self.target = target  # the request-target as received (origin-form after normalisation)
+        self.path = path  # decoded path without the query, used for routing
+        self.query = query  # b"" or b"?..." as received
+        self.version = version  # b"1.1" or b"1.0"
+        self.headers = headers
+        self.host = host  # the Host header as sent (with port, if any)
+        self.client_ip = client_ip
+        self.scheme = scheme  # "http" or "https": how the client reached us
+        self.keep_alive = keep_alive
+        self.body = body  # NO_BODY, FIXED_LENGTH or CHUNKED
+        self.content_length = content_length
+        self.expect_continue = expect_continue  # "Expect: 100-continue" on an HTTP/1.1 request
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.request_line!r}, client {self.client_ip})"
 
     @property
     def host_name(self) -> str | None:

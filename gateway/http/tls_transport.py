@@ -32,6 +32,7 @@ What it does, as Twisted's TLS layer does:
 from __future__ import annotations
 
 import ssl
+from typing import Any, Callable
 
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol
@@ -51,7 +52,10 @@ _READ_SIZE = 65536
 class TLSServerTransport(Protocol):
     """Server-side TLS between one TCP connection and the protocol *wrapped*; see the module docstring."""
 
-    def __init__(self, wrap, wrapped: Protocol, reactor) -> None:
+    transport: Any  # (the TCP transport once connected: Twisted types it as ITransport | None)
+
+    def __init__(self, wrap: Callable[[ssl.MemoryBIO, ssl.MemoryBIO], ssl.SSLObject], wrapped: Any,
+                 reactor: Any) -> None:
         self._wrap = wrap  # (incoming, outgoing) -> ssl.SSLObject
         self.wrapped = wrapped
         self._batch = batch_for(reactor)
@@ -103,7 +107,7 @@ class TLSServerTransport(Protocol):
         if self._outgoing.pending:
             self._send_records()  # handshake messages, session tickets
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
         self._held.clear()
         self.wrapped.connectionLost(reason)
@@ -208,7 +212,8 @@ class TLSServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, wrap, wrapped: Factory, reactor) -> None:
+    def __init__(self, wrap: Callable[[ssl.MemoryBIO, ssl.MemoryBIO], ssl.SSLObject], wrapped: Any,
+                 reactor: Any) -> None:
         self._wrap = wrap
         self.wrapped = wrapped
         self._reactor = reactor
