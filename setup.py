@@ -16,24 +16,21 @@ MODULES = runpy.run_path(os.path.join("gateway", "compiled.py"))["COMPILED_MODUL
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that falls back to pure Python when the extensions cannot be compiled."""
+    """build_ext that falls back to pure Python when the extensions cannot be compiled.
+
+    All or nothing (see gateway/compiled.py): after a failure, whatever was
+    built is removed.
+    """
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as error:  # (CompileError, a missing compiler or Python headers...)
-            self._fall_back(error)
-
-    def build_extension(self, ext) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as error:
-            self._fall_back(error)
-
-    @staticmethod
-    def _fall_back(error: Exception) -> None:
-        print(f"gateway: could not compile the request path ({error}); installing it as pure Python, "
-              "which is slower (README: Install)", file=sys.stderr)
+            for path in self.get_outputs():
+                if os.path.exists(path):
+                    os.remove(path)
+            print(f"gateway: could not compile the request path ({error}); installing it as pure Python, "
+                  "which is slower (README: Install)", file=sys.stderr)
 
 
 def compiled_extensions() -> list:
