@@ -26,8 +26,8 @@ Needs valgrind (``apt-get install valgrind``); a run takes about a minute.
 A tree runs as it is built: its request path compiled (gateway/compiled.py)
 when its compiled modules are there and up to date, else pure Python; each
 line of the output says which.  To compile a ``git worktree``, which has
-only the sources: ``(cd /tmp/base && /path/to/.venv/bin/python setup.py
-build_ext --inplace)`` (mypy, for mypyc, comes with the ``bench`` extra).
+only the sources: ``python=$PWD/.venv/bin/python; (cd /tmp/base && $python
+setup.py build_ext --inplace)`` (mypy, for mypyc, comes with the ``bench`` extra).
 """
 
 from __future__ import annotations
