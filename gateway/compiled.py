@@ -55,12 +55,12 @@ COMPILED_MODULES = (
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def source_path(module: str) -> str:
+def _source_path(module: str) -> str:
     return os.path.join(_PACKAGE_ROOT, *module.split(".")) + ".py"
 
 
 def _compiled_path(module: str) -> str | None:
-    directory, _, name = source_path(module)[:-3].rpartition(os.sep)
+    directory, _, name = _source_path(module)[:-3].rpartition(os.sep)
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(directory, name + suffix)
         if os.path.exists(path):
@@ -75,7 +75,7 @@ def stale_modules() -> list[str]:
     stale = []
     for module in COMPILED_MODULES:
         compiled = _compiled_path(module)
-        if compiled is not None and os.path.getmtime(source_path(module)) > os.path.getmtime(compiled):
+        if compiled is not None and os.path.getmtime(_source_path(module)) > os.path.getmtime(compiled):
             stale.append(module)
     return stale
 
@@ -86,7 +86,7 @@ class _SourcesFirst(MetaPathFinder):
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: object = None) -> ModuleSpec | None:
         if fullname not in COMPILED_MODULES:
             return None
-        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+        return importlib.util.spec_from_file_location(fullname, _source_path(fullname))
 
 
 def use_sources_if_needed() -> None:

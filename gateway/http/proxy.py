@@ -294,8 +294,10 @@ class ProxyExchange:
 
     def _connection_ready(self, connection: HTTP11ClientProtocol, reused: bool) -> None:
         if self._finished:
-            if reused and self._server is not None:
-                self._upstream.connections.release(self._server, connection)
+            server = self._server
+            assert server is not None
+            if reused:
+                self._upstream.connections.release(server, connection)
             else:
                 connection.transport.loseConnection()
             return

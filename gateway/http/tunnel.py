@@ -50,11 +50,9 @@ class TunnelExchange(ProxyExchange):
         self._last_activity = 0.0
 
     def _request_header_lines(self) -> bytes:
-        return super()._request_header_lines() + b"Connection: Upgrade\r\nUpgrade: " + self._upgrade_token() + b"\r\n"
-
-    def _upgrade_token(self) -> bytes:
-        assert self.upgrade is not None
-        return self.upgrade
+        upgrade = self.upgrade
+        assert upgrade is not None
+        return super()._request_header_lines() + b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
 
     # -- the switch ------------------------------------------------------------------
 
@@ -136,7 +134,8 @@ class TunnelExchange(ProxyExchange):
         self._backend.transport.unregisterProducer()
         self._backend.transport.loseConnection()
         self._tunnel_sink.end_tunnel()
-        if self._server is not None:
-            self._upstream.request_finished(self._server)
+        server = self._server
+        assert server is not None
+        self._upstream.request_finished(server)
         self._record.upstream_time = self._context.reactor.seconds() - self._upstream_started
         write_access_log(self._context, self._record)
