@@ -2,8 +2,9 @@
 
 The request path (the modules in :data:`COMPILED_MODULES`) is plain,
 type-annotated Python that ``setup.py`` also compiles with mypyc when the
-package is built: the same code, run as C, spends about a third less CPU per
-proxied request (README, "Performance").  Python imports a compiled module
+package is built: the same code, run as C, spends about a third less
+user-space CPU per proxied request; the kernel's share is unchanged (README,
+"Performance").  Python imports a compiled module
 (``server.cpython-311-x86_64-linux-gnu.so``) in preference to its ``.py``.
 
 The ``.py`` files stay the source and the fallback:
