@@ -18,19 +18,34 @@ events are handled, by ``call_after_events``; on other reactors, a
 faster here, with a worse p99, since every send then wakes its peer alone.)
 
 This is the one place that touches Twisted's private transport attributes
-(``dataBuffer``, ``_tempDataLen``, ``_writeDisconnecting``...).  It is used
-only for the exact classes :class:`twisted.internet.tcp.Server` and
+(``dataBuffer``, ``_tempDataLen``, ``_aborting``...).  It is used only for
+the exact classes :class:`twisted.internet.tcp.Server` and
 :class:`twisted.internet.tcp.Client` (on TLS listeners the HTTP protocol's
 transport is a :class:`~gateway.http.tls_transport.TLSServerTransport`, which
-joins the same batch and sends its records with :func:`send_now`), and a
-gathered write is sent directly only when the transport's own buffer is
-empty, it is connected, not closing, not TLS and has no pull producer:
-exactly what the reactor would do on its next writable event (but with
-``socket.send`` called directly).  Anything else, and whatever the kernel
-did not take, goes through the ordinary
-``transport.write``, which keeps Twisted's buffering, producer pausing
-(``pauseProducing`` when its buffer is full) and error handling (a failed
-send is retried by the reactor, which then reports the lost connection).
+joins the same batch and sends its records with
+:meth:`BatchedWriter.send_now` on its TCP transport's writer).  A gathered
+write is sent with the socket's own ``send`` (Twisted's ``writeSomeData``
+adds a memoryview and ``untilConcludes``) when the transport's buffer is
+empty and it was not aborted: what the reactor would do on its next writable
+event.  Anything else, and whatever the kernel did not take, goes through
+the ordinary ``transport.write``, which keeps Twisted's buffering, producer
+pausing (``pauseProducing`` when its buffer is full) and error handling (a
+failed send, on a reset or already closed socket, is left to the reactor,
+which reports the lost connection or drops the data of a closed one).
+
+What is read per send is kept small, since it is two sends per proxied
+request and each read of a Twisted attribute is a dictionary lookup: the
+writer remembers when it handed bytes to ``transport.write`` and looks at
+Twisted's buffer only until that is empty again (the buffer cannot fill
+otherwise, writes all going through the writer).  A transport found doing
+TLS (``startTLS``) when its writer is made is written the ordinary way.
+Three states of a Twisted transport that the gateway never creates are not
+looked at: ``startTLS`` after the writer is made, a pull producer (its
+``resumeProducing`` is driven by Twisted's buffer draining; the gateway's
+producers are all push producers) and a half-close (``loseWriteConnection``:
+after it the socket refuses the send, and Twisted drops the data).
+Sending on a transport that is closing (``loseConnection`` with an empty
+buffer) is what Twisted does too: the bytes leave, then it closes.
 
 Ordering: every write to a transport must go through its writer.  Gathered
 data is sent even when ``loseConnection`` (or
@@ -53,8 +68,7 @@ from twisted.python.failure import Failure
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 #: Per transport class: whether BatchedWriter may send on it directly (see _STATE).
 _SENDS_DIRECTLY: dict[type, bool] = {}
-_STATE = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_writeDisconnecting",
-          "_writeDisconnected", "_aborting", "TLS", "producer", "streamingProducer", "socket", "reactor")
+_STATE = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_aborting", "TLS", "socket", "reactor")
 
 
 class Flushable(Protocol):
@@ -91,15 +105,15 @@ _batches: dict[int, _Batch] = {}
 
 
 def _sends_directly(transport: Any) -> bool:
-    """Whether *transport* is a plain TCP one with the internals this module reads.
+    """Whether *transport* is a plain TCP one with the internals this module reads, not doing TLS.
 
-    Checked on the first transport of each class only: opening a connection is hot too.
+    The class is checked on the first transport of each class only: opening a connection is hot too.
     """
     kind = type(transport)
     direct = _SENDS_DIRECTLY.get(kind)
     if direct is None:
         direct = _SENDS_DIRECTLY[kind] = kind in _PLAIN_TCP and all(hasattr(transport, name) for name in _STATE)
-    return direct
+    return direct and not transport.TLS
 
 
 def batch_for(reactor: Any) -> _Batch:
@@ -113,18 +127,23 @@ def batch_for(reactor: Any) -> _Batch:
 class BatchedWriter:
     """``write(data)`` for one transport; see the module docstring."""
 
-    __slots__ = ("write", "write_sequence", "_transport", "_held", "_batch")
+    __slots__ = ("write", "write_sequence", "_transport", "_held", "_batch", "_socket_send", "_twisted_may_hold")
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._held: list[bytes] = []
         self._batch: _Batch | None
+        self._socket_send: Callable[[bytes], int] | None
+        #: Twisted's buffer may hold bytes: look at it before sending (at first, it may hold earlier writes).
+        self._twisted_may_hold = True
         if _sends_directly(transport):
             self._batch = batch_for(transport.reactor)
+            self._socket_send = transport.socket.send
             self.write = self._gather
             self.write_sequence = self._gather_sequence
         else:
             self._batch = None
+            self._socket_send = None
             self.write = transport.write
             self.write_sequence = transport.writeSequence
 
@@ -151,7 +170,37 @@ class BatchedWriter:
             return
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
-        _send(self._transport, data)  # (a writer that gathers has a transport that sends directly)
+        self._send(data)  # (a writer that gathers has a transport that sends directly)
+
+    def send_now(self, data: bytes) -> None:
+        """Send *data* at once, not gathered (with whatever is held: sent first)."""
+        if self._batch is None:
+            self._transport.write(data)
+            return
+        self.flush()
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """Send on the socket when the reactor would send next, else ``transport.write`` (module docstring)."""
+        t = self._transport
+        if t._aborting:
+            return  # abortConnection drops unsent data
+        if self._twisted_may_hold:
+            if t.dataBuffer or t._tempDataLen:
+                t.write(data)  # behind what Twisted holds
+                return
+            self._twisted_may_hold = False
+        send = self._socket_send
+        assert send is not None  # (a writer that sends directly has its socket's send)
+        try:
+            sent = send(data)
+        except OSError:
+            sent = 0  # would block, or an error (or a closed socket) that the reactor's own attempt reports
+        if sent == len(data):
+            return
+        # Part sent (the kernel's buffer is full), or nothing: Twisted takes the rest.
+        self._twisted_may_hold = True
+        t.write(data[sent:] if sent else data)
 
     def lose_connection(self) -> None:
         """``transport.loseConnection()``, without a round trip through the reactor when all was sent.
@@ -163,9 +212,9 @@ class BatchedWriter:
         left to send once the iteration's events are handled (and its batch
         sent), closes then: ``stopWriting`` and ``connectionLost``, as
         Twisted's ``loseConnection`` does at once for a transport whose write
-        side is shut.  If something is left (gathered, buffered, written
-        meanwhile), Twisted sends it and then closes, the transport being
-        "disconnecting", as after its own ``loseConnection``.
+        side is shut.  What was written meanwhile is sent first; if the
+        kernel did not take it all, Twisted sends the rest and then closes,
+        the transport being "disconnecting", as after its own ``loseConnection``.
         """
         t = self._transport
         if self._batch is None or not t.connected or t.disconnecting:
@@ -179,40 +228,8 @@ class BatchedWriter:
         t = self._transport
         if not t.connected or t._aborting:
             return  # lost or aborted meanwhile: Twisted is closing it
-        if self._held or t.dataBuffer or t._tempDataLen:
-            return  # left to Twisted (see above)
+        self.flush()  # what was written meanwhile leaves first
+        if t.dataBuffer or t._tempDataLen:
+            return  # left to Twisted, which is waiting to send it (see above)
         t.stopWriting()
         t.connectionLost(Failure(CONNECTION_DONE))
-
-
-def send_now(t: Any, data: bytes) -> None:
-    """Send *data* on the transport *t* at once when the reactor would send it next.
-
-    That is, on a plain TCP transport whose own buffer is empty and which is
-    connected, not closing, not TLS and has no pull producer; otherwise, and
-    for whatever the kernel does not take, ``t.write``.
-    """
-    if _sends_directly(t):
-        _send(t, data)
-    else:
-        t.write(data)
-
-
-def _send(t: Any, data: bytes) -> None:
-    """send_now on a transport that :func:`_sends_directly`."""
-    if t._aborting:
-        return  # abortConnection drops unsent data
-    if (t.dataBuffer or t._tempDataLen or not t.connected or t.disconnecting or t._writeDisconnecting
-            or t._writeDisconnected or t.TLS or (t.producer is not None and not t.streamingProducer)):
-        t.write(data)
-        return
-    try:
-        # (the socket itself: tcp.Connection.writeSomeData adds a memoryview and
-        # untilConcludes, and EINTR is retried by Python itself)
-        sent = t.socket.send(data)
-    except OSError:
-        sent = 0  # would block, or an error that the reactor's own attempt will report
-    if sent == len(data):
-        return
-    # Part sent (the kernel's buffer is full), or nothing: Twisted takes the rest.
-    t.write(data[sent:] if sent else data)

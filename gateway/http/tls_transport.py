@@ -19,7 +19,7 @@ What it does, as Twisted's TLS layer does:
   it; a failed handshake sends OpenSSL's alert and closes the connection.
 - Writes of one reactor iteration are encrypted together (one ``SSL_write``,
   so small responses become one record) and the records are sent at once
-  with :func:`~gateway.http.sending.send_now`, in the iteration's shared batch.
+  with :meth:`~gateway.http.sending.BatchedWriter.send_now`, in the iteration's shared batch.
 - ``loseConnection`` sends what was written, then ``close_notify``, then
   closes TCP; a peer's ``close_notify`` ends the connection like a TCP EOF.
 - Producers are registered with the TCP transport itself: this layer keeps
@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.http.sending import batch_for, send_now
+from gateway.http.sending import BatchedWriter, batch_for
 
 log = Logger(namespace="gateway.tls")
 
@@ -69,6 +69,7 @@ class TLSServerTransport(Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = self._wrap(self._incoming, self._outgoing)
+        self._sender = BatchedWriter(self.transport)  # (its send_now only: the records of a batch leave at once)
         self.wrapped.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -190,7 +191,7 @@ class TLSServerTransport(Protocol):
     def _send_records(self) -> None:
         records = self._outgoing.read()
         if records:
-            send_now(self.transport, records)
+            self._sender.send_now(records)
 
     def _fail(self, why: str) -> None:
         """A handshake or record the TLS library refused: send its alert, then close."""

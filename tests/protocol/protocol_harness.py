@@ -18,6 +18,7 @@ pause/resume is recorded.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -382,6 +383,8 @@ class FakeSocket:
         self.closed = True
 
     def send(self, data) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")  # (as a closed socket.socket)
         if self.error is not None:
             raise OSError(self.error, "error")
         data = bytes(data)

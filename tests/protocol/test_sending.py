@@ -23,6 +23,14 @@ def reactor() -> MemoryReactorClock:
     return MemoryReactorClock()
 
 
+class LossRecorder(Protocol):
+    def __init__(self) -> None:
+        self.reasons: list[Failure] = []
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.reasons.append(reason)
+
+
 def test_writes_of_one_iteration_leave_in_one_send(reactor):
     sock = FakeSocket()
     writer = BatchedWriter(transport(reactor, sock))
@@ -130,17 +138,36 @@ def test_data_written_before_lose_connection_is_sent_before_the_close(reactor):
     writer.write(b"data")
     tr.loseConnection()
     reactor.advance(0)
-    assert sock.sent == []  # not sent behind the reactor's back of a closing transport...
-    assert tr.doWrite() is main.CONNECTION_DONE  # ...but by the reactor, before closing
-    assert sock.sent == [b"data"]
+    assert sock.sent == [b"data"] and not sock.closed  # sent as the reactor would, before it closes
+    assert tr.doWrite() is main.CONNECTION_DONE
 
 
-class LossRecorder(Protocol):
-    def __init__(self) -> None:
-        self.reasons: list[Failure] = []
+def test_direct_sends_resume_once_twisteds_buffer_is_empty(reactor):
+    sock = FakeSocket(room=2)
+    tr = transport(reactor, sock)
+    writer = BatchedWriter(tr)
+    writer.write(b"abcd")
+    reactor.advance(0)
+    assert sock.sent == [b"ab"] and reactor.getWriters() == [tr]
+    sock.room = None
+    assert tr.doWrite() is None  # the reactor sends the rest...
+    assert sock.sent == [b"ab", b"cd"] and reactor.getWriters() == []
+    writer.write(b"ef")
+    reactor.advance(0)
+    assert sock.sent == [b"ab", b"cd", b"ef"] and reactor.getWriters() == []  # ...and the writer sends again
 
-    def connectionLost(self, reason: Failure = None) -> None:
-        self.reasons.append(reason)
+
+def test_writes_to_a_closed_connection_are_dropped(reactor):
+    sock = FakeSocket()
+    protocol = LossRecorder()
+    tr = transport(reactor, sock, protocol)
+    writer = BatchedWriter(tr)
+    writer.write(b"first")
+    reactor.advance(0)
+    tr.connectionLost(Failure(main.CONNECTION_LOST))
+    writer.write(b"late")
+    reactor.advance(0)
+    assert sock.sent == [b"first"] and reactor.getWriters() == []
 
 
 def test_lose_connection_closes_after_the_iteration_without_a_writable_event(reactor):
@@ -167,9 +194,8 @@ def test_what_is_written_after_lose_connection_is_sent_before_the_close(reactor)
     writer.lose_connection()
     writer.write(b"late")
     reactor.advance(0)
-    assert protocol.reasons == [] and not sock.closed
-    assert tr.doWrite() is main.CONNECTION_DONE  # Twisted's path: sent, then closed by the reactor
-    assert sock.sent == [b"late"]
+    assert sock.sent == [b"late"] and sock.closed
+    assert [reason.type for reason in protocol.reasons] == [error.ConnectionDone]
 
 
 def test_lose_connection_with_unsent_bytes_keeps_twisteds_path(reactor):
@@ -186,36 +212,27 @@ def test_lose_connection_with_unsent_bytes_keeps_twisteds_path(reactor):
     assert b"".join(sock.sent) == b"abcdef"
 
 
-def test_pull_producer_keeps_twisteds_path(reactor):
-    sock = FakeSocket()
-    tr = transport(reactor, sock)
-
-    class Pull:
-        def resumeProducing(self) -> None:
-            pass
-
-        def stopProducing(self) -> None:
-            pass
-
-    tr.registerProducer(Pull(), False)
-    writer = BatchedWriter(tr)
-    writer.write(b"data")
-    reactor.advance(0)
-    assert sock.sent == []
-    assert reactor.getWriters() == [tr]
-
-
 def test_tls_transport_keeps_twisteds_path(reactor):
     sock = FakeSocket()
     tr = transport(reactor, sock)
-    writer = BatchedWriter(tr)
-    tr.TLS = True  # startTLS after the writer was made
+    tr.TLS = True  # (startTLS)
     written: list[bytes] = []
     tr.write = written.append  # what the TLS layer would encrypt
+    writer = BatchedWriter(tr)
     writer.write(b"data")
-    reactor.advance(0)
+    writer.flush()
     assert written == [b"data"]
     assert sock.sent == []
+
+
+def test_send_now_sends_what_was_gathered_first(reactor):
+    sock = FakeSocket()
+    writer = BatchedWriter(transport(reactor, sock))
+    writer.write(b"a")
+    writer.send_now(b"b")
+    assert sock.sent == [b"a", b"b"]
+    reactor.advance(0)
+    assert sock.sent == [b"a", b"b"]
 
 
 def test_other_transports_are_written_directly():
