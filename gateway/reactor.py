@@ -21,7 +21,7 @@ they produced, :mod:`gateway.http.sending`) is called at the end of
 ``doPoll`` (:meth:`GatewayReactor.call_after_events`) rather than through a
 ``callLater(0)`` timer made, pushed on the timer heap and popped again on
 every iteration.  It also reads the clock once per iteration, into
-``now``, for the request path (:mod:`gateway.http.clock`).
+``time``, for the request path (:mod:`gateway.http.clock`).
 
 :class:`GatewayReactor` also answers a second SIGINT or SIGTERM during the
 graceful shutdown, even one that arrives before the first has been acted
@@ -51,6 +51,7 @@ from typing import Callable
 from twisted.logger import Logger
 from twisted.python import log
 
+from gateway.http.clock import IterationTime
 from gateway.reactor_events import dispatch_events
 
 try:
@@ -73,7 +74,7 @@ if EPollReactor is not None:
                 if error.errno == errno.EINTR:
                     return
                 raise
-            self.now = self.seconds()
+            self.time.value = self.seconds()
             self._dispatching = True
             try:
                 dispatch_events(self, events)
@@ -106,11 +107,11 @@ if EPollReactor is not None:
             self._dispatching = False  # doPoll is handing out events
             self._after_events: list[Callable[[], object]] = []
             #: The time when the last poll returned or timed calls began to run (see gateway.http.clock).
-            self.now = self.seconds()
+            self.time = IterationTime(self.seconds())
             self.shutting_down = False  # stop() called, or a stop signal's stop() queued
 
         def runUntilCurrent(self) -> None:
-            self.now = self.seconds()
+            self.time.value = self.seconds()
             super().runUntilCurrent()
 
         def stop(self) -> None:

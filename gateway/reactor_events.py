@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
 
 #: epoll's "readable" event (select.EPOLLIN, where select has epoll).
-EPOLLIN = 1
+EPOLLIN: Final = 1
 #: The connection classes whose reads are handled here: exact classes (not subclasses),
 #: and only while they read the way this copies (Connection.doRead).
-_TCP_CONNECTIONS = frozenset(kind for kind in (tcp.Server, tcp.Client)
+_TCP_CONNECTIONS: Final = frozenset(kind for kind in (tcp.Server, tcp.Client)
                              if kind.doRead is tcp.Connection.doRead
                              and kind._dataReceived is tcp.Connection._dataReceived)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from gateway.core.messages import RequestHead
 
@@ -59,7 +60,7 @@ class AccessRecord:
 #: The one record that every request fills in when the gateway keeps no access log (the log is
 #: chosen at start and a reload does not change it).  Its fields are written and never read:
 #: making a record per request was 2.7% of the gateway's instructions per request.
-UNLOGGED = AccessRecord("-", 0.0)
+UNLOGGED: Final = AccessRecord("-", 0.0)
 
 
 class AccessLogFormatter:

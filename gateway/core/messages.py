@@ -7,18 +7,20 @@ stream can later drive the same path.
 
 from __future__ import annotations
 
+from typing import Final
+
 from gateway.core.headers import Headers
 
 # How a message body is delimited on the wire.
-NO_BODY = 0  # nothing follows the head (HEAD responses, 204, 304, bodiless requests)
-FIXED_LENGTH = 1  # Content-Length bytes follow
-CHUNKED = 2  # chunked transfer coding
-UNTIL_CLOSE = 3  # the body ends when the connection closes (responses only)
+NO_BODY: Final = 0  # nothing follows the head (HEAD responses, 204, 304, bodiless requests)
+FIXED_LENGTH: Final = 1  # Content-Length bytes follow
+CHUNKED: Final = 2  # chunked transfer coding
+UNTIL_CLOSE: Final = 3  # the body ends when the connection closes (responses only)
 
 
 #: Host header -> host name, for the first Host values seen (a client sends the same one on every request).
-_HOST_NAMES: dict[bytes, str] = {}
-_HOST_NAMES_KEPT = 1024
+_HOST_NAMES: Final[dict[bytes, str]] = {}
+_HOST_NAMES_KEPT: Final = 1024
 
 
 class RequestHead:

@@ -9,7 +9,9 @@ by ``retries`` (default: every other server once) and by ``retry_timeout``.
 
 from __future__ import annotations
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+from typing import Final
+
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 def may_try_again(tries: int, retries: int | None, pool_size: int, first_try_at: float, retry_timeout: float,

@@ -9,11 +9,13 @@ reading when none is left.
 
 from __future__ import annotations
 
+from typing import Final
+
 from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
 
 #: The reason a peer's full write buffer gives (via pauseProducing).
-BACKPRESSURE = "backpressure"
+BACKPRESSURE: Final = "backpressure"
 
 
 @implementer(IPushProducer)

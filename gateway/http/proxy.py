@@ -11,7 +11,7 @@ the order the requests arrived.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol as TypingProtocol, Sequence
+from typing import Any, Callable, Final, Mapping, Protocol as TypingProtocol, Sequence
 
 from twisted.internet.error import ConnectingCancelledError, TimeoutError
 from twisted.logger import Logger
@@ -25,18 +25,18 @@ from gateway.core.pool import ServerState, UpstreamPool
 from gateway.core.retry import may_resend, may_try_again
 from gateway.core.routing import RouteTable, strip_route_prefix
 from gateway.http.client import HTTP11ClientProtocol
-from gateway.http.clock import CachedTime, cached_time
+from gateway.http.clock import Time, cached_time
 from gateway.http.connections import UpstreamConnections
 from gateway.http.flow import BACKPRESSURE, ReadGate
 
-log = Logger(namespace="gateway.proxy")
+log: Final = Logger(namespace="gateway.proxy")
 
 #: Request body kept for a replay on a fresh connection when a reused one turns out stale.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 #: Request body buffered while the backend connection is being opened.
-CONNECT_BUFFER_LIMIT = 64 * 1024
+CONNECT_BUFFER_LIMIT: Final = 64 * 1024
 #: The header line of every response the gateway writes itself.
-_TEXT_PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n"
+_TEXT_PLAIN: Final = b"Content-Type: text/plain; charset=utf-8\r\n"
 
 
 class ResponseSink(TypingProtocol):
@@ -93,7 +93,7 @@ class ProxyContext:
     #: Requests received from clients since the process started (every one, whatever its answer).
     requests: int = 0
     #: The reactor's time, read once per iteration (see gateway.http.clock).
-    time: CachedTime = field(init=False)
+    time: Time = field(init=False)
 
     def __post_init__(self) -> None:
         self.time = cached_time(self.reactor)

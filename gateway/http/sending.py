@@ -58,17 +58,17 @@ the next poll), though callers flush first where they can; after
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 
 #: The transport classes whose internals this module knows (the exact classes, not subclasses).
-_PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
+_PLAIN_TCP: Final = frozenset({tcp.Server, tcp.Client})
 #: Per transport class: whether BatchedWriter may send on it directly (see _STATE).
-_SENDS_DIRECTLY: dict[type, bool] = {}
-_STATE = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_aborting", "TLS", "socket", "reactor")
+_SENDS_DIRECTLY: Final[dict[type, bool]] = {}
+_STATE: Final = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_aborting", "TLS", "socket", "reactor")
 
 
 class Flushable(Protocol):
@@ -101,7 +101,7 @@ class _Batch:
             writer.flush()
 
 
-_batches: dict[int, _Batch] = {}
+_batches: Final[dict[int, _Batch]] = {}
 
 
 def _sends_directly(transport: Any) -> bool:

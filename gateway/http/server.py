@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from gateway.core.accesslog import UNLOGGED, AccessRecord
 from gateway.core.config import ListenerConfig
-from gateway.core.headers import Headers
+from gateway.core.headers import Headers, NameKinds
 from gateway.core.messages import CHUNKED, FIXED_LENGTH, NO_BODY, RequestHead, host_without_port
 from gateway.core.routing import prefix_matches
 from gateway.core.validation import Problem, normalize_path, request_problem
@@ -35,16 +35,23 @@ from gateway.http.proxy import LocalResponse, ProxyContext, ProxyExchange, decid
 from gateway.http.sending import BatchedWriter
 from gateway.http.tunnel import TunnelExchange
 
-log = Logger(namespace="gateway.server")
+log: Final = Logger(namespace="gateway.server")
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect"}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REDIRECT_REASONS: Final = {301: b"Moved Permanently", 302: b"Found", 307: b"Temporary Redirect", 308: b"Permanent Redirect"}
 #: A Host that may be copied into a Location header: a DNS name or IPv4 address, or an IPv6 literal.
-_SAFE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?|\[[0-9a-f:.]+\]")
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
-#: Request headers that on_headers_complete looks at, besides Host.
-_NOTED_REQUEST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+_SAFE_HOST: Final = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\.?|\[[0-9a-f:.]+\]")
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
+# The request headers that on_headers_complete reads (every other name is kind 0).
+_HOST: Final = 1
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_EXPECT: Final = 4
+_UPGRADE: Final = 5
+_NOTED_REQUEST_HEADERS: Final = NameKinds({b"host": _HOST, b"content-length": _CONTENT_LENGTH,
+                                           b"transfer-encoding": _TRANSFER_ENCODING, b"expect": _EXPECT,
+                                           b"upgrade": _UPGRADE})
 #: What answers one request: the gateway itself, a backend, or a backend over a WebSocket tunnel.
 Exchange = LocalResponse | ProxyExchange | TunnelExchange
 
@@ -68,7 +75,7 @@ class HTTP11ServerProtocol(Protocol):
     # attribute left out of this list still works, from the dict that Protocol gives, only slower.
     __slots__ = (
         "_context", "_clock", "_time", "_connections", "_draining", "_scheme", "_redirect", "_response_headers",
-        "_timeouts", "_limits", "_head_size", "_unframed", "_body_seen", "_timer", "_timer_at", "_deadline",
+        "_listener", "_head_size", "_unframed", "_body_seen", "_timer", "_timer_at", "_deadline",
         "_deadline_kind", "_exchanges", "_reading", "_closing", "_keep_alive", "_chunked", "_head_sent",
         "_url_parts", "_headers", "_tunnel", "_writer", "_write", "_write_sequence", "read_gate", "_throttle",
         "_client_ip", "_parser",
@@ -84,8 +91,7 @@ class HTTP11ServerProtocol(Protocol):
         self._scheme = listener.scheme
         self._redirect = listener.redirect
         self._response_headers = listener.response_headers  # added to every response (HSTS)
-        self._timeouts = listener.timeouts
-        self._limits = listener.limits
+        self._listener = listener  # its timeouts and limits
         self._head_size = 0  # bytes of request line and headers seen so far (431 / 414 beyond the limit)
         self._unframed = 0  # bytes fed to the parser since the head began or body data last came out
         self._body_seen = 0  # request body bytes the parser has delivered, ever
@@ -112,8 +118,9 @@ class HTTP11ServerProtocol(Protocol):
         self._write_sequence = self._writer.write_sequence
         self.read_gate = ReadGate(self.transport)
         self._throttle = BackendThrottle()
-        if len(self._connections) > self._limits.max_connections:
-            log.warn("listener at max_connections ({limit}): closing a new connection", limit=self._limits.max_connections)
+        if len(self._connections) > self._listener.max_connections:
+            log.warn("listener at max_connections ({limit}): closing a new connection",
+                     limit=self._listener.max_connections)
             self._closing = True
             self.transport.abortConnection()
             return
@@ -121,14 +128,14 @@ class HTTP11ServerProtocol(Protocol):
         self.transport.registerProducer(self._throttle, True)
         self._client_ip = self.transport.getPeer().host
         self._parser = httptools.HttpRequestParser(self)
-        self._set_deadline("header", self._timeouts.header)
+        self._set_deadline("header", self._listener.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.from_client(data)
             return
         if self._deadline_kind == "body":
-            self._deadline = self._time.now + self._timeouts.body
+            self._deadline = self._time.now + self._listener.body_timeout
         while data and not self._closing:
             try:
                 body_before = self._body_seen
@@ -190,7 +197,7 @@ class HTTP11ServerProtocol(Protocol):
         self._head_size = 0
         self._unframed = 0
         if self._deadline_kind != "header":
-            self._set_deadline("header", self._timeouts.header)
+            self._set_deadline("header", self._listener.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url_parts.append(url)
@@ -215,17 +222,18 @@ class HTTP11ServerProtocol(Protocol):
         transfer_encodings: list[bytes] = []
         expect_continue = False
         upgrade = None
+        noted = _NOTED_REQUEST_HEADERS
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts.append(value)
-            elif lower not in _NOTED_REQUEST_HEADERS:
+            kind = noted.kind(name)
+            if kind == 0:
                 continue
-            elif lower == b"content-length":
+            elif kind == _HOST:
+                hosts.append(value)
+            elif kind == _CONTENT_LENGTH:
                 content_lengths.append(value)
-            elif lower == b"transfer-encoding":
+            elif kind == _TRANSFER_ENCODING:
                 transfer_encodings.append(value)
-            elif lower == b"expect":
+            elif kind == _EXPECT:
                 expect_continue = value.lower() == b"100-continue"
             else:
                 upgrade = value
@@ -281,7 +289,7 @@ class HTTP11ServerProtocol(Protocol):
                     exchange = ProxyExchange(self._context, self, head, upstream, upstream_target, record, limit)
         self._reading = exchange
         if body != NO_BODY and not self._closing:
-            self._set_deadline("body", self._timeouts.body)
+            self._set_deadline("body", self._listener.body_timeout)
         else:
             self._deadline_kind = ""  # _set_deadline("", 0.0)
         self._enqueue(exchange)
@@ -299,7 +307,7 @@ class HTTP11ServerProtocol(Protocol):
             if reading.head.body != NO_BODY:  # (nothing to finish otherwise: one call less per request)
                 reading.body_finished()
             if not self._exchanges and not self._closing:
-                self._set_deadline("idle", self._timeouts.idle)  # answered before its body ended
+                self._set_deadline("idle", self._listener.idle_timeout)  # answered before its body ended
 
     # -- ResponseSink -----------------------------------------------------------
 
@@ -355,7 +363,7 @@ class HTTP11ServerProtocol(Protocol):
         elif self._draining and self._reading is None:
             self._lose_connection()
         elif self._reading is None:
-            self._set_deadline("idle", self._timeouts.idle)
+            self._set_deadline("idle", self._listener.idle_timeout)
 
     def shut_down(self) -> None:
         """Graceful shutdown: let the requests in flight finish, then close; close at once if idle."""
@@ -394,10 +402,10 @@ class HTTP11ServerProtocol(Protocol):
     def _head_problem(self, version: bytes, hosts: list[bytes], content_lengths: list[bytes],
                       transfer_encodings: list[bytes], target: bytes, path: str | None) -> Problem | None:
         """Why a request llhttp accepted is still refused, or None."""
-        limits = self._limits
-        if len(target) > limits.max_header_bytes:
+        listener = self._listener
+        if len(target) > listener.max_header_bytes:
             return 414, b"URI Too Long", "request-target too long"
-        if self._head_size > limits.max_header_bytes or len(self._headers) > limits.max_headers:
+        if self._head_size > listener.max_header_bytes or len(self._headers) > listener.max_headers:
             return 431, b"Request Header Fields Too Large", "request header too large or too many header fields"
         problem = request_problem(version, hosts, content_lengths, transfer_encodings, target)
         if problem is None and path is None:
@@ -419,7 +427,7 @@ class HTTP11ServerProtocol(Protocol):
         if self._deadline_kind not in ("header", "body"):
             return
         self._unframed += fed
-        if self._unframed > 2 * self._limits.max_header_bytes + 65536:
+        if self._unframed > 2 * self._listener.max_header_bytes + 65536:
             if self._deadline_kind == "header" and self._url_parts and not self._headers:
                 self._protocol_error(414, b"URI Too Long", "request-target too long")
             else:
@@ -526,8 +534,14 @@ class HTTP11ServerFactory(Factory):
 
     def __init__(self, context: ProxyContext, listener: ListenerConfig) -> None:
         self.connections: set[HTTP11ServerProtocol] = set()
-        self.timeouts = listener.timeouts
-        self.limits = listener.limits
+        # The listener's timeouts and limits, as attributes of this (compiled) class: the protocol reads
+        # them for every request, and an attribute of a config dataclass is a dictionary lookup.
+        self.header_timeout = listener.timeouts.header
+        self.idle_timeout = listener.timeouts.idle
+        self.body_timeout = listener.timeouts.body
+        self.max_header_bytes = listener.limits.max_header_bytes
+        self.max_headers = listener.limits.max_headers
+        self.max_connections = listener.limits.max_connections
         self.context = context
         self.scheme = "https" if listener.tls is not None else "http"
         self.redirect = listener.redirect

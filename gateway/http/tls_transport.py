@@ -32,7 +32,7 @@ What it does, as Twisted's TLS layer does:
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Factory, Protocol
@@ -42,10 +42,10 @@ from zope.interface import implementer
 
 from gateway.http.sending import BatchedWriter, batch_for
 
-log = Logger(namespace="gateway.tls")
+log: Final = Logger(namespace="gateway.tls")
 
 #: Plaintext asked of OpenSSL per read: more than a TLS record holds (16 KiB).
-_READ_SIZE = 65536
+_READ_SIZE: Final = 65536
 
 
 @implementer(ITransport)

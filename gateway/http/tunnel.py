@@ -11,7 +11,7 @@ relayed as a normal response, after which the client connection closes.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from twisted.logger import Logger
 
@@ -21,7 +21,7 @@ from gateway.http.client import HTTP11ClientProtocol
 from gateway.http.flow import BACKPRESSURE
 from gateway.http.proxy import ProxyContext, ProxyExchange, ResponseSink, Upstream, write_access_log
 
-log = Logger(namespace="gateway.tunnel")
+log: Final = Logger(namespace="gateway.tunnel")
 
 
 class TunnelSink(ResponseSink, Protocol):

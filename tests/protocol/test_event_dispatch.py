@@ -254,7 +254,7 @@ def test_a_second_stop_signal_before_the_first_is_acted_on_is_ignored(handler, m
 
 
 class TimeReader(Reader):
-    """A reader that records the reactor's ``now`` when its event is handled, then moves the clock on."""
+    """A reader that records the reactor's ``time.now`` when its event is handled, then moves the clock on."""
 
     def __init__(self, reactor, sock: socket.socket, seen: list[float], clock: list[float]) -> None:
         super().__init__(reactor, sock)
@@ -263,7 +263,7 @@ class TimeReader(Reader):
 
     def doRead(self):
         super().doRead()
-        self.seen.append(self.reactor.now)
+        self.seen.append(self.reactor.time.now)
         self.clock[0] += 1.0  # handling the event took a second
 
 
@@ -279,7 +279,7 @@ def test_now_is_read_once_per_poll_and_again_when_timed_calls_run(monkeypatch):
             peer.sendall(b"x")
         reactor.doPoll(1.0)
         assert seen == [100.0, 100.0]  # both events of the poll see the time it returned, not 101
-        reactor.callLater(0, lambda: seen.append(reactor.now))
+        reactor.callLater(0, lambda: seen.append(reactor.time.now))
         clock[0] = 150.0
         reactor.runUntilCurrent()
         assert seen[2:] == [150.0]

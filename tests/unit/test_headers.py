@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
+from gateway.core import headers as headers_module
 from gateway.core.headers import (
     HOP_BY_HOP,
     Headers,
@@ -227,3 +228,22 @@ def test_downstream_response_head_reads_the_framing(headers, content_length, chu
 def test_downstream_response_head_refuses_a_content_length_that_is_not_a_number():
     with pytest.raises(ValueError):
         downstream_response_head([(b"Content-Length", b"abc")])
+
+
+def test_names_are_recognized_in_any_case_and_the_memory_of_names_is_bounded():
+    """Names are remembered as received (bounded); past the bound they are still read in lower case."""
+    many = [(b"X-Name-%d" % index, b"v") for index in range(3000)]
+    for case in (bytes.lower, bytes.upper, bytes.title):
+        response = many + [(case(b"content-length"), b"7"), (case(b"transfer-encoding"), b"chunked"),
+                           (case(b"keep-alive"), b"timeout=5"), (case(b"connection"), case(b"x-name-1"))]
+        lines, content_length, chunked = downstream_response_head(response)
+        kept = names(parse(lines))
+        assert content_length == 7 and chunked
+        assert b"x-name-0" in kept and b"x-name-1" not in kept and b"x-name-2999" in kept
+        assert not {b"content-length", b"transfer-encoding", b"keep-alive", b"connection"} & set(kept)
+        request = upstream_request_headers(many + [(case(b"x-forwarded-for"), b"10.0.0.9"),
+                                                   (case(b"expect"), b"100-continue")], "10.0.0.1", "http", None)
+        assert values(request, b"x-forwarded-for") == [b"10.0.0.9, 10.0.0.1"]
+        assert b"expect" not in names(request) and b"x-name-2999" in names(request)
+    for kinds in (headers_module._REQUEST_KINDS, headers_module._RESPONSE_KINDS):
+        assert len(kinds._seen) == headers_module._NAMES_KEPT
