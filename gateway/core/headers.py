@@ -10,7 +10,9 @@ What a name means (kept, dropped, read) is looked up once per name as
 received and remembered (:class:`NameKinds`): a site's backends and clients
 send the same few dozen names in the same case, and one dictionary lookup on
 the name costs less than lower-casing it and looking that up, for every
-header of every message.
+header of every message.  A name whose length no name of interest has
+(``Date``, ``Server``, ``Content-Type``...) is not looked up at all: the
+lookup hashes the name, a new bytes object each time.
 """
 
 from __future__ import annotations
@@ -55,13 +57,18 @@ _NAMES_KEPT: Final = 1024
 class NameKinds:
     """What each header name, as received, means to one reader of headers (see the module docstring)."""
 
-    __slots__ = ("_lower", "_seen")
+    __slots__ = ("_lower", "_lengths", "_seen")
 
     def __init__(self, lower: dict[bytes, int]) -> None:
         self._lower = lower  # lower-case name -> kind, for the names not simply kept (kind 0)
+        self._lengths = 0  # bit n set: some name in *lower* is n bytes long
+        for known in lower:
+            self._lengths |= 1 << len(known)
         self._seen: dict[bytes, int] = {}
 
     def kind(self, name: bytes) -> int:
+        if not (self._lengths >> len(name)) & 1:
+            return 0
         kind = self._seen.get(name)
         if kind is None:
             kind = self._lower.get(name.lower(), 0)
