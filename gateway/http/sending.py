@@ -72,7 +72,11 @@ _STATE: Final = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "_a
 
 
 class Flushable(Protocol):
-    """What joins a batch: a BatchedWriter, or a TLS transport (gateway.http.tls_transport)."""
+    """What joins a batch besides a BatchedWriter: a TLS transport (gateway.http.tls_transport).
+
+    (Typed ``BatchedWriter | Flushable`` in the batch: compiled, flushing a
+    BatchedWriter is then a direct C call rather than a method lookup by name.)
+    """
 
     def flush(self) -> None: ...
 
@@ -82,13 +86,13 @@ class _Batch:
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._pending: list[Flushable] = []
+        self._pending: list[BatchedWriter | Flushable] = []
         self._scheduled = False
         # GatewayReactor runs it once the poll's events are handled; other reactors at their next timer run.
         self.after_events: Callable[[Callable[[], object]], object] = (
             getattr(reactor, "call_after_events", None) or partial(reactor.callLater, 0))
 
-    def add(self, writer: Flushable) -> None:
+    def add(self, writer: BatchedWriter | Flushable) -> None:
         self._pending.append(writer)
         if not self._scheduled:
             self._scheduled = True

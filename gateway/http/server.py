@@ -6,8 +6,9 @@ itself).  Exchanges are kept in arrival order: only the first one writes its
 response; pipelined requests behind it wait their turn with the connection's
 reading paused, and are answered in order.
 
-The protocol also implements the exchanges' :class:`ResponseSink`: it frames
-each response for this client (Content-Length, chunked, or close-delimited
+The protocol is also where the exchanges write their responses
+(``send_head``, ``send_body``, ``finish_response``...): it frames each
+response for this client (Content-Length, chunked, or close-delimited
 for HTTP/1.0) and decides whether the connection stays open.
 """
 
@@ -309,7 +310,7 @@ class HTTP11ServerProtocol(Protocol):
             if not self._exchanges and not self._closing:
                 self._set_deadline("idle", self._listener.idle_timeout)  # answered before its body ended
 
-    # -- ResponseSink -----------------------------------------------------------
+    # -- written to by the exchanges ------------------------------------------------
 
     def send_head(self, head: RequestHead | None, status: int, reason: bytes, header_lines: bytes, body: int,
                   content_length: int | None, close: bool = False) -> None:

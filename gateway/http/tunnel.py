@@ -11,7 +11,7 @@ relayed as a normal response, after which the client connection closes.
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.logger import Logger
 
@@ -19,29 +19,21 @@ from gateway.core.accesslog import AccessRecord
 from gateway.core.messages import RequestHead
 from gateway.http.client import HTTP11ClientProtocol
 from gateway.http.flow import BACKPRESSURE
-from gateway.http.proxy import ProxyContext, ProxyExchange, ResponseSink, Upstream, write_access_log
+from gateway.http.proxy import ProxyContext, ProxyExchange, Upstream, write_access_log
+
+if TYPE_CHECKING:
+    from gateway.http.server import HTTP11ServerProtocol
 
 log: Final = Logger(namespace="gateway.tunnel")
-
-
-class TunnelSink(ResponseSink, Protocol):
-    """The client side as a tunnel sees it: a ResponseSink that can also switch to raw bytes."""
-
-    def start_tunnel(self, tunnel: TunnelExchange, header_lines: bytes) -> None: ...
-
-    def send_raw(self, data: bytes) -> None: ...
-
-    def end_tunnel(self) -> None: ...
 
 
 class TunnelExchange(ProxyExchange):
     """An Upgrade request: a proxied request first, a byte tunnel after 101."""
 
-    def __init__(self, context: ProxyContext, sink: TunnelSink, head: RequestHead, upstream: Upstream,
+    def __init__(self, context: ProxyContext, sink: HTTP11ServerProtocol, head: RequestHead, upstream: Upstream,
                  target: bytes, record: AccessRecord, upgrade: bytes) -> None:
         super().__init__(context, sink, head, upstream, target, record)
         self.upgrade = upgrade
-        self._tunnel_sink = sink
         self._early: list[bytes] = []  # client bytes that came after the request, before the 101
         self._backend: HTTP11ClientProtocol | None = None
         self._open = False
@@ -72,7 +64,7 @@ class TunnelExchange(ProxyExchange):
         self._record.status = 101
         self._record.upstream = server.address
         backend.start_tunnel(self)
-        self._tunnel_sink.start_tunnel(self, header_lines)
+        self._sink.start_tunnel(self, header_lines)
         # Each side's full buffer pauses reading on the other.
         self._sink.register_producer(backend.gate)
         backend.transport.registerProducer(self._sink.read_gate, True)
@@ -94,7 +86,7 @@ class TunnelExchange(ProxyExchange):
     def from_backend(self, data: bytes) -> None:
         self._last_activity = self._context.reactor.seconds()
         self._record.body_bytes += len(data)
-        self._tunnel_sink.send_raw(data)
+        self._sink.send_raw(data)
 
     # -- the end ---------------------------------------------------------------------
 
@@ -133,7 +125,7 @@ class TunnelExchange(ProxyExchange):
         self._sink.unregister_producer()
         self._backend.transport.unregisterProducer()
         self._backend.transport.loseConnection()
-        self._tunnel_sink.end_tunnel()
+        self._sink.end_tunnel()
         server = self._server
         assert server is not None
         self._upstream.request_finished(server)
