@@ -30,7 +30,7 @@ _TCP_CONNECTIONS: Final = frozenset(kind for kind in (tcp.Server, tcp.Client)
 
 def dispatch_events(reactor: Any, events: list[tuple[int, int]]) -> None:
     """Hand each of *events* (``(fd, event mask)``, from the reactor's poll) to its selectable."""
-    selectables = reactor._selectables
+    selectables: dict[int, Any] = reactor._selectables  # (typed: get() is then a C call, not a method lookup)
     handle = reactor._doReadOrWrite
     for fd, event in events:
         selectable = selectables.get(fd)

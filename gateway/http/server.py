@@ -337,7 +337,8 @@ class HTTP11ServerProtocol(Protocol):
         self._chunked = chunked
         self._head_sent = True
         status_line = _STATUS_LINES.get((status, reason)) or _status_line(status, reason)
-        self._write(b"".join((status_line, header_lines, framing, self._response_headers, b"\r\n")))
+        # (pieces, joined once with the rest of the iteration's writes: one copy of the head fewer)
+        self._write_sequence((status_line, header_lines, framing, self._response_headers, b"\r\n"))
 
     def send_body(self, data: bytes) -> None:
         if not data:
