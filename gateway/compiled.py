@@ -2,7 +2,7 @@
 
 The request path (the modules in :data:`COMPILED_MODULES`) is plain,
 type-annotated Python that ``setup.py`` also compiles with mypyc when the
-package is built: the same code, run as C, spends about a third less
+package is built: the same code, run as C, spends less than half the
 user-space CPU per proxied request; the kernel's share is unchanged (README,
 "Performance").  Python imports a compiled module
 (``server.cpython-311-x86_64-linux-gnu.so``) in preference to its ``.py``.
