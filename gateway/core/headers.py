@@ -81,6 +81,14 @@ _REQUEST_KINDS: Final = NameKinds(_REQUEST_NAMES)
 _RESPONSE_KINDS: Final = NameKinds(_RESPONSE_NAMES)
 
 
+def _add_line(parts: list[bytes], name: bytes, value: bytes) -> None:
+    """Add one header line to *parts*, as pieces (a message's head is joined once, at its end)."""
+    parts.append(name)
+    parts.append(b": ")
+    parts.append(value)
+    parts.append(b"\r\n")
+
+
 def _connection_options(value: bytes, listed: set[bytes] | None, replaced: frozenset[bytes]) -> set[bytes] | None:
     """Add the header names a Connection header (*value*, lower case) lists to *listed*.
 
@@ -113,10 +121,7 @@ def upstream_request_header_block(headers: Headers, client_ip: str, scheme: str,
     for name, value in headers:
         kind = kinds.kind(name)
         if kind == _KEPT:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+            _add_line(parts, name, value)
         elif kind == _FORWARDED_FOR:
             forwarded_for.append(value)
         elif kind == _CONNECTION:
@@ -152,10 +157,7 @@ def downstream_response_head(headers: Headers) -> tuple[bytes, int | None, bool]
     for name, value in headers:
         kind = kinds.kind(name)
         if kind == _KEPT:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+            _add_line(parts, name, value)
         elif kind == _CONTENT_LENGTH:
             content_length = int(value)
         elif kind == _TRANSFER_ENCODING:

@@ -314,6 +314,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def send_head(self, head: RequestHead | None, status: int, reason: bytes, header_lines: bytes, body: int,
                   content_length: int | None, close: bool = False) -> None:
+        """Write a response head: *header_lines* are serialized, without the framing headers (written here)."""
         # Parsing stopped (refused request, upgrade): the last queued response closes the connection.
         last = self._closing and len(self._exchanges) <= 1
         keep_alive = head is not None and head.keep_alive and not close and not last and not self._draining
