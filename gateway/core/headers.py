@@ -50,7 +50,7 @@ _RESPONSE_REPLACED: Final = frozenset(_RESPONSE_NAMES)
 _NAMES_ONLY_DROPPED: Final = frozenset({b"keep-alive", b"close"})
 _FORWARDED_PROTO: Final = {scheme: b"X-Forwarded-Proto: %s\r\n" % scheme.encode("ascii")
                            for scheme in ("http", "https")}
-#: Names remembered per direction (beyond it, a name is looked up in lower case every time).
+#: Names remembered per NameKinds (beyond it, a name is looked up in lower case every time).
 _NAMES_KEPT: Final = 1024
 
 
